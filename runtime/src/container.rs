@@ -1,0 +1,718 @@
+//! The container lifecycle as the runtime sees it from outside: create (spawn `cryo init`,
+//! cgroups, id maps, hooks), start, state, kill, delete, exec, pause/resume, ps, list.
+//! The CLI and the shim both call this; it owns no process-internal set-up (see `init`).
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use oci_spec::runtime::{Process, Spec};
+
+use crate::cgroups::{self, CgroupManager, FreezerState};
+use crate::channel::Channel;
+use crate::error::{Error, IoContext, Result, SysContext};
+use crate::init::{InitConfig, Msg, INIT_PIPE_ENV};
+use crate::namespaces::NamespacePlan;
+use crate::state::{self, ContainerState, OciState, StateDir, Status};
+use crate::{hooks, spec};
+
+/// How to run `cryo init` in a way the container cannot overwrite.
+#[derive(Debug, Clone, Default)]
+pub enum InitBinary {
+    /// A sealed memfd copy of the running executable (default).
+    #[default]
+    SealedMemfd,
+    /// This path, trusted as read-only (e.g. a read-only bind of the binary).
+    Path(PathBuf),
+}
+
+/// A runtime instance: a state root plus how to start init.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    root: PathBuf,
+    /// Executable whose copy becomes the init (default: /proc/self/exe).
+    pub exe: PathBuf,
+    /// How the init binary is protected.
+    pub init_binary: InitBinary,
+}
+
+/// Options of `create` / `run`.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Bundle directory (default: current directory).
+    pub bundle: PathBuf,
+    /// Write the init pid here.
+    pub pid_file: Option<PathBuf>,
+    /// Unix socket that receives the pty master.
+    pub console_socket: Option<PathBuf>,
+    /// MS_MOVE + chroot instead of pivot_root.
+    pub no_pivot: bool,
+    /// Pass fds 3..3+N through to the container.
+    pub preserve_fds: i32,
+}
+
+/// Options of `exec`.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    /// Write the process pid here.
+    pub pid_file: Option<PathBuf>,
+    /// Unix socket that receives the pty master.
+    pub console_socket: Option<PathBuf>,
+    /// Pass fds 3..3+N through.
+    pub preserve_fds: i32,
+}
+
+fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    // runc writes the pid file atomically: containerd reads it as soon as create returns.
+    let tmp = path.with_extension("cryo-tmp");
+    fs::write(&tmp, pid.to_string()).io_ctx(&tmp)?;
+    fs::rename(&tmp, path).io_ctx(path)
+}
+
+/// A sealed, close-on-exec memfd holding a copy of `exe` (CVE-2019-5736: the container can
+/// never write through /proc/PID/exe into the host's binary).
+fn sealed_copy(exe: &Path) -> Result<OwnedFd> {
+    let name = c"cryo";
+    let fd = nix::sys::memfd::memfd_create(
+        name,
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC
+            | nix::sys::memfd::MemFdCreateFlag::MFD_ALLOW_SEALING,
+    )
+    .sys_ctx(|| "memfd_create".into())?;
+    let mut src = fs::File::open(exe).io_ctx(exe)?;
+    let mut dst = fs::File::from(fd);
+    std::io::copy(&mut src, &mut dst).io_ctx(exe)?;
+    let fd: OwnedFd = dst.into();
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on an fd we own with an integer argument.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+    nix::Error::result(r).sys_ctx(|| "sealing the init binary".into())?;
+    Ok(fd)
+}
+
+fn clear_cloexec(fd: RawFd) -> Result<()> {
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .sys_ctx(|| format!("clearing close-on-exec on fd {fd}"))?;
+    Ok(())
+}
+
+fn write_id_maps(pid: u32, spec: &Spec) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    let fmt = |maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.into_iter()
+            .flatten()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect::<String>()
+    };
+    let uid = fmt(linux.and_then(|l| l.uid_mappings().as_ref()));
+    let gid = fmt(linux.and_then(|l| l.gid_mappings().as_ref()));
+    let up = format!("/proc/{pid}/uid_map");
+    fs::write(&up, &uid).map_err(|e| Error::Spec {
+        path: "config.json".into(),
+        field: "linux.uidMappings".into(),
+        msg: format!("writing {up}: {e}"),
+    })?;
+    let gp = format!("/proc/{pid}/gid_map");
+    fs::write(&gp, &gid).map_err(|e| Error::Spec {
+        path: "config.json".into(),
+        field: "linux.gidMappings".into(),
+        msg: format!("writing {gp}: {e}"),
+    })
+}
+
+/// Kills and reaps a half-created init.
+fn abort_init(stage1: &mut Child, init_pid: Option<i32>) {
+    let _ = stage1.kill();
+    let _ = stage1.wait();
+    if let Some(pid) = init_pid {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        // It may be our child (run makes us a subreaper) or not: reap if we can.
+        let _ = nix::sys::wait::waitpid(
+            Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
+}
+
+impl Runtime {
+    /// A runtime over the state root `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Runtime {
+            root: root.into(),
+            exe: PathBuf::from("/proc/self/exe"),
+            init_binary: InitBinary::default(),
+        }
+    }
+
+    /// The state root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn init_command(&self) -> Result<(Command, Option<OwnedFd>)> {
+        match &self.init_binary {
+            InitBinary::SealedMemfd => {
+                let fd = sealed_copy(&self.exe)?;
+                let mut cmd = Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+                cmd.arg0("cryo");
+                Ok((cmd, Some(fd)))
+            }
+            InitBinary::Path(p) => {
+                let mut cmd = Command::new(p);
+                cmd.arg0("cryo");
+                Ok((cmd, None))
+            }
+        }
+    }
+
+    /// Spawns `cryo init` with the channel and the extra fds it needs inherited.
+    fn spawn_init(&self, inherit: &[RawFd]) -> Result<(Child, Channel)> {
+        let (parent, child) = Channel::pair()?;
+        let (mut cmd, _memfd) = self.init_command()?;
+        for fd in inherit.iter().copied().chain([child.raw_fd()]) {
+            clear_cloexec(fd)?;
+        }
+        cmd.arg("init")
+            .env_clear()
+            .env(INIT_PIPE_ENV, child.raw_fd().to_string());
+        let proc_ = cmd
+            .spawn()
+            .map_err(|e| Error::Other(format!("starting cryo init: {e}")))?;
+        drop(child);
+        Ok((proc_, parent))
+    }
+
+    /// Drives the init through its messages until it reports Ready.
+    #[allow(clippy::too_many_arguments)]
+    fn handshake(
+        &self,
+        chan: &mut Channel,
+        stage1: &mut Child,
+        spec: &Spec,
+        mut on_hooks: impl FnMut(i32) -> Result<String>,
+    ) -> Result<i32> {
+        let mut init_pid = None;
+        loop {
+            let msg = chan.recv::<Msg>();
+            let msg = match msg {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    abort_init(stage1, init_pid);
+                    return Err(Error::Init("init exited before it was ready".into()));
+                }
+                Err(e) => {
+                    abort_init(stage1, init_pid);
+                    return Err(e);
+                }
+            };
+            let r: Result<()> = match msg {
+                Msg::MapRequest => {
+                    write_id_maps(stage1.id(), spec).and_then(|()| chan.send(&Msg::MapDone))
+                }
+                Msg::ChildPid(pid) => {
+                    init_pid = Some(pid);
+                    let _ = stage1.wait();
+                    Ok(())
+                }
+                Msg::RunHooks => match init_pid {
+                    Some(pid) => on_hooks(pid).and_then(|s| chan.send(&Msg::HooksDone(s))),
+                    None => Err(Error::Init(
+                        "hooks requested before the init pid was known".into(),
+                    )),
+                },
+                Msg::Ready => {
+                    return init_pid
+                        .ok_or_else(|| Error::Init("ready before the init pid was known".into()))
+                }
+                Msg::Error(e) => Err(Error::Init(e)),
+                m => Err(Error::Init(format!("unexpected message from init: {m:?}"))),
+            };
+            if let Err(e) = r {
+                abort_init(stage1, init_pid);
+                return Err(e);
+            }
+        }
+    }
+
+    /// `create`: sets the container up and leaves its init waiting for `start`. Returns the
+    /// init's host pid.
+    pub fn create(&self, id: &str, opts: &CreateOptions) -> Result<i32> {
+        let dir = StateDir::create(&self.root, id)?;
+        match self.create_in(&dir, opts) {
+            Ok(pid) => Ok(pid),
+            Err(e) => {
+                let _ = dir.remove();
+                Err(e)
+            }
+        }
+    }
+
+    fn create_in(&self, dir: &StateDir, opts: &CreateOptions) -> Result<i32> {
+        let id = dir.id().to_string();
+        let bundle = if opts.bundle.as_os_str().is_empty() {
+            std::env::current_dir().io_ctx(".")?
+        } else {
+            fs::canonicalize(&opts.bundle).io_ctx(&opts.bundle)?
+        };
+        let (spec, rootfs) = spec::load_bundle(&bundle)?;
+        let linux = spec.linux().as_ref();
+        let process = spec.process().clone().unwrap_or_default();
+        let plan =
+            NamespacePlan::from_spec(linux.and_then(|l| l.namespaces().as_deref()).unwrap_or(&[]));
+
+        let fifo_path = dir.fifo_path();
+        nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622))
+            .sys_ctx(|| format!("mkfifo {}", fifo_path.display()))?;
+        let fifo = nix::fcntl::open(
+            &fifo_path,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .sys_ctx(|| format!("opening {}", fifo_path.display()))?;
+        // SAFETY: open returned a new fd that we own.
+        let fifo = unsafe { OwnedFd::from_raw_fd(fifo) };
+        let console = if process.terminal().unwrap_or(false) {
+            let path = opts
+                .console_socket
+                .as_ref()
+                .ok_or_else(|| Error::Unsupported {
+                    field: "process.terminal".into(),
+                    msg: "a terminal needs --console-socket".into(),
+                })?;
+            Some(crate::console::connect(path)?)
+        } else {
+            None
+        };
+
+        let cg_path = linux
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned());
+        let cgroup = cgroups::create(cg_path.as_deref(), &id)?;
+
+        let mut inherit = vec![fifo.as_raw_fd()];
+        inherit.extend(console.as_ref().map(|c| c.as_raw_fd()));
+        let (mut stage1, mut chan) = match self.spawn_init(&inherit) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = cgroup.destroy();
+                return Err(e);
+            }
+        };
+        let cleanup_cg = |cg: &dyn CgroupManager| {
+            let _ = cg.destroy();
+        };
+        let setup_cg = || -> Result<()> {
+            cgroup.apply(i32::try_from(stage1.id()).unwrap_or(i32::MAX))?;
+            let mut resources = linux
+                .and_then(|l| l.resources().clone())
+                .unwrap_or_default();
+            // Like runc: the devices the spec creates are allowed in the devices cgroup.
+            let spec_devices = linux.and_then(|l| l.devices().as_deref()).unwrap_or(&[]);
+            if !spec_devices.is_empty() {
+                let mut rules = resources.devices().clone().unwrap_or_default();
+                rules.extend(cgroups::allow_rules_for(spec_devices));
+                resources.set_devices(Some(rules));
+            }
+            cgroup.set(&resources)?;
+            Ok(())
+        };
+        if let Err(e) = setup_cg() {
+            abort_init(&mut stage1, None);
+            cleanup_cg(cgroup.as_ref());
+            return Err(e);
+        }
+        let hooks = spec.hooks().as_ref();
+        let want_hooks = hooks.is_some_and(|h| {
+            h.prestart().as_ref().is_some_and(|v| !v.is_empty())
+                || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
+                || h.create_container().as_ref().is_some_and(|v| !v.is_empty())
+                || h.start_container().as_ref().is_some_and(|v| !v.is_empty())
+        });
+        let cfg = InitConfig {
+            exec: false,
+            spec: spec.clone(),
+            process,
+            rootfs: rootfs.clone(),
+            bundle: bundle.clone(),
+            plan,
+            fifo_fd: Some(fifo.as_raw_fd()),
+            console_fd: console.as_ref().map(|c| c.as_raw_fd()),
+            preserve_fds: opts.preserve_fds,
+            no_pivot: opts.no_pivot,
+            want_hooks,
+        };
+        let created = chrono::Utc::now();
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let mk_state = |pid: i32| ContainerState {
+            id: id.clone(),
+            pid,
+            pid_start: state::proc_stat(pid).map(|s| s.start_time).unwrap_or(0),
+            bundle: bundle.clone(),
+            rootfs: rootfs.clone(),
+            created,
+            owner: String::new(),
+            annotations: annotations.clone(),
+            cgroup: Some(cgroup.state()),
+            config: spec.clone(),
+        };
+        let on_hooks = |pid: i32| -> Result<String> {
+            let st = mk_state(pid);
+            let json = serde_json::to_string(&st.oci(Status::Creating)).unwrap_or_default();
+            if let Some(h) = hooks {
+                hooks::run(
+                    "prestart",
+                    h.prestart().as_deref().unwrap_or(&[]),
+                    json.as_bytes(),
+                )?;
+                hooks::run(
+                    "createRuntime",
+                    h.create_runtime().as_deref().unwrap_or(&[]),
+                    json.as_bytes(),
+                )?;
+            }
+            Ok(json)
+        };
+        let pid = chan
+            .send(&Msg::Bootstrap(Box::new(cfg)))
+            .and_then(|()| self.handshake(&mut chan, &mut stage1, &spec, on_hooks));
+        let pid = match pid {
+            Ok(p) => p,
+            Err(e) => {
+                abort_init(&mut stage1, None);
+                cleanup_cg(cgroup.as_ref());
+                return Err(e);
+            }
+        };
+        let st = mk_state(pid);
+        let r = dir.save(&st).and_then(|()| match &opts.pid_file {
+            Some(p) => write_pid_file(p, pid),
+            None => Ok(()),
+        });
+        if let Err(e) = r {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            cleanup_cg(cgroup.as_ref());
+            return Err(e);
+        }
+        Ok(pid)
+    }
+
+    /// Loads the state and derives the live status.
+    pub fn load(&self, id: &str) -> Result<(StateDir, ContainerState, Status)> {
+        let dir = StateDir::open(&self.root, id)?;
+        let st = dir.load()?;
+        let status = self.status_of(&dir, &st);
+        Ok((dir, st, status))
+    }
+
+    fn status_of(&self, dir: &StateDir, st: &ContainerState) -> Status {
+        if !state::process_alive(st.pid, st.pid_start) {
+            return Status::Stopped;
+        }
+        if dir.fifo_path().exists() {
+            return Status::Created;
+        }
+        if let Some(cg) = st.cgroup.as_ref().and_then(|c| cgroups::from_state(c).ok()) {
+            if matches!(cg.freezer_state(), Ok(FreezerState::Frozen)) {
+                return Status::Paused;
+            }
+        }
+        Status::Running
+    }
+
+    /// `state`: runc's JSON view.
+    pub fn state(&self, id: &str) -> Result<OciState> {
+        let (_dir, st, status) = self.load(id)?;
+        Ok(st.oci(status))
+    }
+
+    /// `start`: lets a created container's init exec the user's process.
+    pub fn start(&self, id: &str) -> Result<()> {
+        let (dir, st, status) = self.load(id)?;
+        if status != Status::Created {
+            return Err(Error::BadStatus {
+                op: "start",
+                id: id.into(),
+                status: status.to_string(),
+                hint: ": cannot start a container that is not created",
+            });
+        }
+        let fifo = dir.fifo_path();
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .io_ctx(&fifo)?;
+        let mut f = f;
+        let mut buf = [0u8; 1];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut spin = Duration::from_micros(20);
+        loop {
+            match f.read(&mut buf) {
+                Ok(1) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(Error::io(&fifo, e)),
+            }
+            if !state::process_alive(st.pid, st.pid_start) {
+                return Err(Error::Init(format!(
+                    "container {id}: init exited before start"
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Init(format!(
+                    "container {id}: init did not answer start"
+                )));
+            }
+            std::thread::sleep(spin);
+            spin = (spin * 2).min(Duration::from_millis(2));
+        }
+        fs::remove_file(&fifo).io_ctx(&fifo)?;
+        if let Some(h) = st
+            .config
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.poststart().as_ref())
+        {
+            let json = serde_json::to_vec(&st.oci(Status::Running)).unwrap_or_default();
+            hooks::run("poststart", h, &json)?;
+        }
+        Ok(())
+    }
+
+    /// `kill`: sends `sig` to the init, or with `all` to every process of the container.
+    pub fn kill(&self, id: &str, sig: Signal, all: bool) -> Result<()> {
+        let (_dir, st, status) = self.load(id)?;
+        if status == Status::Stopped && !all {
+            return Err(Error::BadStatus {
+                op: "kill",
+                id: id.into(),
+                status: status.to_string(),
+                hint: ": container not running",
+            });
+        }
+        if all {
+            let cg = st.cgroup.as_ref().map(cgroups::from_state).transpose()?;
+            if let Some(cg) = cg {
+                for pid in cg.pids()? {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+                }
+                return Ok(());
+            }
+        }
+        nix::sys::signal::kill(Pid::from_raw(st.pid), sig)
+            .sys_ctx(|| format!("kill {} {sig}", st.pid))
+    }
+
+    /// `delete`: removes a stopped container (created ones too, as runc does); `force` kills
+    /// a running one first.
+    pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let (dir, st, status) = self.load(id)?;
+        match status {
+            Status::Stopped | Status::Created => {}
+            _ if force => {}
+            s => {
+                return Err(Error::BadStatus {
+                    op: "delete",
+                    id: id.into(),
+                    status: s.to_string(),
+                    hint: ": cannot delete a container that is not stopped (use --force)",
+                })
+            }
+        }
+        let cg = st.cgroup.as_ref().map(cgroups::from_state).transpose()?;
+        if status != Status::Stopped {
+            if let Some(cg) = &cg {
+                if status == Status::Paused {
+                    let _ = cg.freeze(FreezerState::Thawed);
+                }
+            }
+            let _ = nix::sys::signal::kill(Pid::from_raw(st.pid), Signal::SIGKILL);
+        }
+        // Without a pid namespace, processes can outlive the init: kill what is left.
+        if let Some(cg) = &cg {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let pids = cg.pids().unwrap_or_default();
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                if Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            cg.destroy()?;
+        }
+        if let Some(h) = st
+            .config
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.poststop().as_ref())
+        {
+            let json = serde_json::to_vec(&st.oci(Status::Stopped)).unwrap_or_default();
+            if let Err(e) = hooks::run("poststop", h, &json) {
+                tracing::warn!("{e}");
+            }
+        }
+        dir.remove()
+    }
+
+    /// `pause` / `resume`.
+    pub fn set_paused(&self, id: &str, paused: bool) -> Result<()> {
+        let (_dir, st, status) = self.load(id)?;
+        let (want, hint) = if paused {
+            (Status::Running, ": container not running")
+        } else {
+            (Status::Paused, ": container not paused")
+        };
+        if status != want {
+            return Err(Error::BadStatus {
+                op: if paused { "pause" } else { "resume" },
+                id: id.into(),
+                status: status.to_string(),
+                hint,
+            });
+        }
+        let cg = st
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| Error::Other(format!("container {id} has no cgroup")))?;
+        let cg = cgroups::from_state(cg)?;
+        cg.freeze(if paused {
+            FreezerState::Frozen
+        } else {
+            FreezerState::Thawed
+        })?;
+        Ok(())
+    }
+
+    /// `ps`: the pids in the container's cgroup.
+    pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
+        let (_dir, st, _status) = self.load(id)?;
+        match &st.cgroup {
+            Some(c) => Ok(cgroups::from_state(c)?.pids()?),
+            None => Ok(vec![st.pid]),
+        }
+    }
+
+    /// `update -r`: new resource limits.
+    pub fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        let (_dir, st, status) = self.load(id)?;
+        if status == Status::Stopped {
+            return Err(Error::BadStatus {
+                op: "update",
+                id: id.into(),
+                status: status.to_string(),
+                hint: ": container not running",
+            });
+        }
+        let c = st
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| Error::Other(format!("container {id} has no cgroup")))?;
+        cgroups::from_state(c)?.set(resources)?;
+        Ok(())
+    }
+
+    /// Cgroup statistics of a container.
+    pub fn stats(&self, id: &str) -> Result<cgroups::Stats> {
+        let (_dir, st, _status) = self.load(id)?;
+        let c = st
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| Error::Other(format!("container {id} has no cgroup")))?;
+        Ok(cgroups::from_state(c)?.stats()?)
+    }
+
+    /// `list`: every container's state.
+    pub fn list(&self) -> Result<Vec<OciState>> {
+        let mut out = Vec::new();
+        for id in state::list_ids(&self.root)? {
+            match self.state(&id) {
+                Ok(s) => out.push(s),
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// `exec`: runs `process` inside the running container. Returns the process's host pid
+    /// once it has exec'd.
+    pub fn exec(&self, id: &str, process: Process, opts: &ExecOptions) -> Result<i32> {
+        let (_dir, st, status) = self.load(id)?;
+        if status != Status::Running && status != Status::Created {
+            return Err(Error::BadStatus {
+                op: "exec",
+                id: id.into(),
+                status: status.to_string(),
+                hint: ": cannot exec in a stopped or paused container",
+            });
+        }
+        let linux = st.config.linux().as_ref();
+        let plan = NamespacePlan::for_exec(
+            linux.and_then(|l| l.namespaces().as_deref()).unwrap_or(&[]),
+            st.pid,
+        );
+        let console = if process.terminal().unwrap_or(false) {
+            let path = opts
+                .console_socket
+                .as_ref()
+                .ok_or_else(|| Error::Unsupported {
+                    field: "process.terminal".into(),
+                    msg: "a terminal needs --console-socket".into(),
+                })?;
+            Some(crate::console::connect(path)?)
+        } else {
+            None
+        };
+        let inherit: Vec<RawFd> = console.iter().map(|c| c.as_raw_fd()).collect();
+        let (mut stage1, mut chan) = self.spawn_init(&inherit)?;
+        if let Some(c) = &st.cgroup {
+            let cg = cgroups::from_state(c)?;
+            if let Err(e) = cg.apply(i32::try_from(stage1.id()).unwrap_or(i32::MAX)) {
+                abort_init(&mut stage1, None);
+                return Err(e.into());
+            }
+        }
+        let cfg = InitConfig {
+            exec: true,
+            spec: st.config.clone(),
+            process,
+            rootfs: st.rootfs.clone(),
+            bundle: st.bundle.clone(),
+            plan,
+            fifo_fd: None,
+            console_fd: console.as_ref().map(|c| c.as_raw_fd()),
+            preserve_fds: opts.preserve_fds,
+            no_pivot: false,
+            want_hooks: false,
+        };
+        chan.send(&Msg::Bootstrap(Box::new(cfg)))?;
+        let pid = self.handshake(&mut chan, &mut stage1, &st.config, |_| Ok(String::new()))?;
+        // Ready was sent right before execve: EOF means it succeeded, a message means not.
+        match chan.recv::<Msg>()? {
+            None => {}
+            Some(Msg::Error(e)) => return Err(Error::Init(e)),
+            Some(m) => return Err(Error::Init(format!("unexpected message from init: {m:?}"))),
+        }
+        if let Some(p) = &opts.pid_file {
+            write_pid_file(p, pid)?;
+        }
+        Ok(pid)
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt;

@@ -1,0 +1,362 @@
+//! Container state on disk: `<root>/<id>/state.json`, the status derived from the live system,
+//! and the per-container lock that serializes concurrent commands.
+//!
+//! The status is never stored: it is derived each time from the init process (alive? same
+//! start time, so a recycled pid is not mistaken for it?), the exec fifo (present until
+//! `start`) and the freezer. This module owns the file layout of the state dir; it does not
+//! start or signal processes.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::cgroups::CgroupState;
+use crate::error::{Error, IoContext, Result, SysContext};
+
+/// Default state root, like runc's /run/runc.
+pub const DEFAULT_ROOT: &str = "/run/cryo";
+/// Name of the fifo the container init blocks on until `start`.
+pub const EXEC_FIFO: &str = "exec.fifo";
+const STATE_FILE: &str = "state.json";
+
+/// The OCI version cryo reports in `state`.
+pub const OCI_VERSION: &str = "1.2.0";
+
+/// A container's status, as the OCI runtime spec and runc name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Being created (state dir exists, init not ready).
+    Creating,
+    /// Created: init waits for `start`.
+    Created,
+    /// The user's process runs.
+    Running,
+    /// Frozen by `pause`.
+    Paused,
+    /// The init process has exited.
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
+/// What cryo keeps about a container between commands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerState {
+    /// Container id.
+    pub id: String,
+    /// Host pid of the container's init (the user's process after start).
+    pub pid: i32,
+    /// Start time of `pid` (field 22 of /proc/PID/stat), to detect pid reuse.
+    pub pid_start: u64,
+    /// Absolute bundle path.
+    pub bundle: PathBuf,
+    /// Absolute rootfs path.
+    pub rootfs: PathBuf,
+    /// Creation time.
+    pub created: DateTime<Utc>,
+    /// Owner (empty for root, as runc prints it).
+    #[serde(default)]
+    pub owner: String,
+    /// The spec's annotations.
+    #[serde(default)]
+    pub annotations: HashMap<String, String>,
+    /// How to find the container's cgroup again.
+    pub cgroup: Option<CgroupState>,
+    /// The config the container was created from (hooks, exec defaults, namespaces).
+    pub config: oci_spec::runtime::Spec,
+}
+
+/// The JSON `cryo state` prints: runc's layout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OciState {
+    /// OCI version.
+    #[serde(rename = "ociVersion")]
+    pub oci_version: String,
+    /// Container id.
+    pub id: String,
+    /// Init pid (0 once stopped, as runc prints it).
+    pub pid: i32,
+    /// Status.
+    pub status: Status,
+    /// Bundle path.
+    pub bundle: PathBuf,
+    /// Rootfs path.
+    pub rootfs: PathBuf,
+    /// RFC 3339 creation time with nanoseconds.
+    pub created: String,
+    /// Owner.
+    pub owner: String,
+    /// Annotations, omitted when empty.
+    #[serde(skip_serializing_if = "HashMap::is_empty", default)]
+    pub annotations: HashMap<String, String>,
+}
+
+impl ContainerState {
+    /// The runc-layout view of this state with the given live status.
+    pub fn oci(&self, status: Status) -> OciState {
+        OciState {
+            oci_version: OCI_VERSION.to_string(),
+            id: self.id.clone(),
+            pid: if status == Status::Stopped {
+                0
+            } else {
+                self.pid
+            },
+            status,
+            bundle: self.bundle.clone(),
+            rootfs: self.rootfs.clone(),
+            created: self
+                .created
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            owner: self.owner.clone(),
+            annotations: self.annotations.clone(),
+        }
+    }
+}
+
+/// Checks a container id against runc's grammar (`^[\w+-\.]+$`), which also keeps it a
+/// single path component.
+pub fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id != "."
+        && id != ".."
+        && id.len() <= 1024
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+-.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidId(id.to_string()))
+    }
+}
+
+/// A container's directory under the state root, locked for the lifetime of this value.
+#[derive(Debug)]
+pub struct StateDir {
+    id: String,
+    path: PathBuf,
+    _lock: OwnedFd,
+}
+
+fn lock_dir(path: &Path) -> Result<OwnedFd> {
+    let f = fs::File::open(path).io_ctx(path)?;
+    let fd: OwnedFd = f.into();
+    // SAFETY: flock on an fd we own.
+    let r = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) };
+    nix::Error::result(r).sys_ctx(|| format!("locking {}", path.display()))?;
+    Ok(fd)
+}
+
+impl StateDir {
+    /// Creates the state dir of a new container; fails with `Exists` if the id is taken.
+    pub fn create(root: &Path, id: &str) -> Result<Self> {
+        validate_id(id)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(root)
+            .io_ctx(root)?;
+        let path = root.join(id);
+        match fs::DirBuilder::new().mode(0o711).create(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::Exists(id.to_string()))
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+        let lock = lock_dir(&path)?;
+        Ok(StateDir {
+            id: id.to_string(),
+            path,
+            _lock: lock,
+        })
+    }
+
+    /// Opens and locks the state dir of an existing container.
+    pub fn open(root: &Path, id: &str) -> Result<Self> {
+        validate_id(id).map_err(|_| Error::NotFound(id.to_string()))?;
+        let path = root.join(id);
+        let lock = match lock_dir(&path) {
+            Ok(l) => l,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(id.to_string()))
+            }
+            Err(e) => return Err(e),
+        };
+        // A concurrent delete may have removed the dir while we waited for the lock.
+        if !path.join(STATE_FILE).exists() && !path.exists() {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        Ok(StateDir {
+            id: id.to_string(),
+            path,
+            _lock: lock,
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The container id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Path of the exec fifo.
+    pub fn fifo_path(&self) -> PathBuf {
+        self.path.join(EXEC_FIFO)
+    }
+
+    /// Reads state.json.
+    pub fn load(&self) -> Result<ContainerState> {
+        let p = self.path.join(STATE_FILE);
+        let bytes = match fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(self.id.clone()))
+            }
+            Err(e) => return Err(Error::io(&p, e)),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| Error::State {
+            id: self.id.clone(),
+            path: p,
+            msg: e.to_string(),
+        })
+    }
+
+    /// Writes state.json atomically (temp file + rename).
+    pub fn save(&self, state: &ContainerState) -> Result<()> {
+        let p = self.path.join(STATE_FILE);
+        let tmp = self.path.join(".state.json.tmp");
+        let bytes = serde_json::to_vec(state).map_err(|e| Error::State {
+            id: self.id.clone(),
+            path: p.clone(),
+            msg: e.to_string(),
+        })?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .io_ctx(&tmp)?;
+        f.write_all(&bytes).io_ctx(&tmp)?;
+        fs::rename(&tmp, &p).io_ctx(&p)
+    }
+
+    /// Removes the whole state dir.
+    pub fn remove(self) -> Result<()> {
+        match fs::remove_dir_all(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&self.path, e)),
+        }
+    }
+}
+
+/// Lists the ids of every container under `root`.
+pub fn list_ids(root: &Path) -> Result<Vec<String>> {
+    let rd = match fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(root, e)),
+    };
+    let mut ids = Vec::new();
+    for entry in rd {
+        let entry = entry.io_ctx(root)?;
+        if entry.path().join(STATE_FILE).exists() {
+            if let Some(name) = entry.file_name().to_str() {
+                ids.push(name.to_string());
+            }
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+/// What /proc/PID/stat says about a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// State letter (R, S, D, Z, T, ...).
+    pub state: char,
+    /// Start time in clock ticks since boot.
+    pub start_time: u64,
+}
+
+/// Reads /proc/PID/stat; `None` if the process does not exist.
+pub fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: parse after the last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    // rest starts at field 3 (state); start time is field 22.
+    let start_time = fields.nth(18)?.parse().ok()?;
+    Some(ProcStat { state, start_time })
+}
+
+/// True if `pid` is the process recorded with `start_time` and has not exited.
+pub fn process_alive(pid: i32, start_time: u64) -> bool {
+    match proc_stat(pid) {
+        Some(st) => st.start_time == start_time && st.state != 'Z' && st.state != 'X',
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_runc_grammar() {
+        for ok in ["a", "abc-1_2.3+4", "A"] {
+            validate_id(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "a/b", "a b", "ä"] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn own_process_is_alive_and_stat_parses() {
+        let me = std::process::id() as i32;
+        let st = proc_stat(me).unwrap();
+        assert!(process_alive(me, st.start_time));
+        assert!(!process_alive(me, st.start_time + 1));
+    }
+
+    #[test]
+    fn create_twice_is_exists_and_unknown_is_not_found() {
+        let root = tempfile::tempdir().unwrap();
+        let d = StateDir::create(root.path(), "x").unwrap();
+        drop(d);
+        assert!(matches!(
+            StateDir::create(root.path(), "x"),
+            Err(Error::Exists(_))
+        ));
+        assert!(matches!(
+            StateDir::open(root.path(), "y"),
+            Err(Error::NotFound(_))
+        ));
+    }
+}

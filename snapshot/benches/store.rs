@@ -1,0 +1,86 @@
+//! Criterion micro-benchmarks of the store on the reference workload (workload.rs, seed 1):
+//! write+commit, full parallel read, and single-page fetch (cold chunk and cached chunk).
+//! Ratios against the zstd/lz4 CLIs come from examples/store_vs_cli.rs.
+//!
+//! cargo bench -p cryo-snapshot --bench store
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use cryo_snapshot::workload::{memory_image, Rng};
+use cryo_snapshot::{CodecPolicy, Store, WriterOptions};
+
+const SIZE: usize = 64 << 20;
+const BATCH: usize = 4 << 20;
+
+fn write(store: &Store, image: &[u8], opts: WriterOptions, name: &str) {
+    let mut w = store.writer_with(opts).expect("writer");
+    for (i, piece) in image.chunks(BATCH).enumerate() {
+        w.object("pid-1")
+            .expect("object")
+            .add_pages((i * BATCH) as u64, piece)
+            .expect("add_pages");
+    }
+    w.commit(Some(name)).expect("commit");
+}
+
+fn benches(c: &mut Criterion) {
+    let image = memory_image(SIZE, 1);
+    let dir = tempfile::Builder::new()
+        .prefix("cryo-bench-")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("tempdir");
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Bytes(SIZE as u64));
+    g.sample_size(10);
+    for (label, codec) in [
+        ("zstd3", CodecPolicy::Zstd(3)),
+        ("zstd1", CodecPolicy::Zstd(1)),
+        ("lz4", CodecPolicy::Lz4),
+    ] {
+        let opts = WriterOptions {
+            codec,
+            ..WriterOptions::default()
+        };
+        g.bench_with_input(BenchmarkId::new("write", label), &opts, |b, opts| {
+            b.iter(|| {
+                let path = dir.path().join(format!("w-{label}"));
+                let _ = std::fs::remove_dir_all(&path);
+                let store = Store::open(&path).expect("store");
+                write(&store, &image, *opts, "bench");
+            });
+        });
+    }
+    let store = Store::open(dir.path().join("r")).expect("store");
+    write(&store, &image, WriterOptions::default(), "bench");
+    let mut out = vec![0u8; SIZE];
+    g.bench_function("read_full", |b| {
+        b.iter(|| {
+            let r = store.reader("bench").expect("reader");
+            r.read_range("pid-1", 0, &mut out).expect("read");
+        });
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("page");
+    let mut r = store.reader("bench").expect("reader");
+    let mut rng = Rng::new(7);
+    let mut page = [0u8; 4096];
+    let pages = (SIZE / 4096) as u64;
+    g.bench_function("fetch_random_cached", |b| {
+        b.iter(|| {
+            r.read_page("pid-1", rng.below(pages) * 4096, &mut page)
+                .expect("page")
+        });
+    });
+    r.set_cache_chunks(0);
+    g.bench_function("fetch_random_uncached", |b| {
+        b.iter(|| {
+            r.read_page("pid-1", rng.below(pages) * 4096, &mut page)
+                .expect("page")
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(store_benches, benches);
+criterion_main!(store_benches);

@@ -1,0 +1,412 @@
+//! Chunk files: one compressed, content-addressed piece of memory or blob data.
+//!
+//! ```text
+//! chunks/HEX[0..2]/HEX        HEX = blake3 of the uncompressed bytes
+//! +--------+---------+-------+----------+---------+------------+---------------------+
+//! | "CRYC" | ver u8  | codec | reserved | raw_len | stored_len | payload             |
+//! | 4 B    | 1       | u8    | u16 = 0  | u32 LE  | u32 LE     | stored_len bytes    |
+//! +--------+---------+-------+----------+---------+------------+---------------------+
+//! ```
+//!
+//! This module owns encoding (codec choice, compression) and decoding with verification: every
+//! decode checks the header, decompresses to exactly `raw_len` bytes and compares the blake3 of
+//! the result with the digest the chunk is named by. It knows nothing of manifests or snapshots
+//! beyond the snapshot ID it puts into its errors.
+
+use std::cell::RefCell;
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::store::digest::ChunkDigest;
+
+/// Magic at the start of every chunk file.
+pub const CHUNK_MAGIC: [u8; 4] = *b"CRYC";
+/// Chunk file format version.
+pub const CHUNK_VERSION: u8 = 1;
+/// Size of the chunk file header.
+pub const CHUNK_HEADER_LEN: usize = 16;
+/// Largest raw chunk accepted (a limit checked before trusting a header's lengths).
+pub const MAX_CHUNK_RAW: usize = 16 << 20;
+
+/// How a chunk's payload is encoded. Recorded per chunk, in its header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// Stored as is (incompressible data).
+    None,
+    /// zstd frame.
+    Zstd,
+    /// lz4 block (lz4_flex, no size prefix).
+    Lz4,
+}
+
+impl Codec {
+    fn to_byte(self) -> u8 {
+        match self {
+            Codec::None => 0,
+            Codec::Zstd => 1,
+            Codec::Lz4 => 2,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Codec::None),
+            1 => Some(Codec::Zstd),
+            2 => Some(Codec::Lz4),
+            _ => None,
+        }
+    }
+}
+
+/// Which codec the writer uses for compressible chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodecPolicy {
+    /// zstd at the given level (incompressible chunks are stored as is).
+    Zstd(i32),
+    /// lz4 (incompressible chunks are stored as is).
+    Lz4,
+    /// Never compress.
+    None,
+}
+
+impl Default for CodecPolicy {
+    /// zstd level 3, chosen by measurement (docs/BENCHMARKS-store.md): per 64 KiB chunk,
+    /// level 1 and lz4 write faster but their output is 1.007x and 1.08x that of
+    /// `zstd -1 -T0` on the whole image; level 3 stays under it.
+    fn default() -> Self {
+        CodecPolicy::Zstd(3)
+    }
+}
+
+thread_local! {
+    static ZSTD_C: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static ZSTD_D: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Estimated entropy of `raw` in bits per byte from a spread sample, to skip compressing
+/// random data: compressing it costs as much as compressible data and saves nothing.
+fn looks_incompressible(raw: &[u8]) -> bool {
+    const WINDOW: usize = 256;
+    const WINDOWS: usize = 16;
+    if raw.len() < WINDOW * WINDOWS * 2 {
+        return false;
+    }
+    let mut hist = [0u32; 256];
+    let step = raw.len() / WINDOWS;
+    for w in 0..WINDOWS {
+        for &b in &raw[w * step..w * step + WINDOW] {
+            hist[usize::from(b)] += 1;
+        }
+    }
+    // 4096 samples over 256 symbols: uniform data has ~16 per bucket, and text or structured
+    // data leaves most buckets empty. Count buckets that are hit: random data hits ~255.
+    let used = hist.iter().filter(|&&c| c > 0).count();
+    let max = hist.iter().copied().max().unwrap_or(0);
+    used >= 250 && max <= 48
+}
+
+/// Encodes `raw` as a complete chunk file (header + payload) with `policy`.
+pub fn encode(raw: &[u8], policy: CodecPolicy) -> Result<(Vec<u8>, Codec)> {
+    let raw_len = u32::try_from(raw.len()).map_err(|_| Error::InvalidInput {
+        object: "chunk".into(),
+        reason: format!("chunk of {} bytes is too large", raw.len()),
+    })?;
+    let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + raw.len() + 64);
+    out.extend_from_slice(&[0u8; CHUNK_HEADER_LEN]);
+    let mut codec = match policy {
+        _ if looks_incompressible(raw) => Codec::None,
+        CodecPolicy::Zstd(level) => {
+            let bound = zstd::zstd_safe::compress_bound(raw.len());
+            out.resize(CHUNK_HEADER_LEN + bound, 0);
+            let n = ZSTD_C.with(|c| -> std::io::Result<usize> {
+                let mut slot = c.borrow_mut();
+                let reuse = matches!(&*slot, Some((l, _)) if *l == level);
+                if !reuse {
+                    *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+                }
+                match slot.as_mut() {
+                    Some((_, comp)) => comp.compress_to_buffer(raw, &mut out[CHUNK_HEADER_LEN..]),
+                    None => Err(std::io::Error::other("zstd context missing")),
+                }
+            });
+            let n = n.map_err(|e| Error::InvalidInput {
+                object: "chunk".into(),
+                reason: format!("zstd compression failed: {e}"),
+            })?;
+            out.truncate(CHUNK_HEADER_LEN + n);
+            Codec::Zstd
+        }
+        CodecPolicy::Lz4 => {
+            let bound = lz4_flex::block::get_maximum_output_size(raw.len());
+            out.resize(CHUNK_HEADER_LEN + bound, 0);
+            let n =
+                lz4_flex::block::compress_into(raw, &mut out[CHUNK_HEADER_LEN..]).map_err(|e| {
+                    Error::InvalidInput {
+                        object: "chunk".into(),
+                        reason: format!("lz4 compression failed: {e}"),
+                    }
+                })?;
+            out.truncate(CHUNK_HEADER_LEN + n);
+            Codec::Lz4
+        }
+        CodecPolicy::None => Codec::None,
+    };
+    if codec != Codec::None && out.len() - CHUNK_HEADER_LEN >= raw.len() {
+        codec = Codec::None;
+    }
+    if codec == Codec::None {
+        out.truncate(CHUNK_HEADER_LEN);
+        out.extend_from_slice(raw);
+    }
+    let stored_len = u32::try_from(out.len() - CHUNK_HEADER_LEN).unwrap_or(u32::MAX);
+    out[0..4].copy_from_slice(&CHUNK_MAGIC);
+    out[4] = CHUNK_VERSION;
+    out[5] = codec.to_byte();
+    out[8..12].copy_from_slice(&raw_len.to_le_bytes());
+    out[12..16].copy_from_slice(&stored_len.to_le_bytes());
+    Ok((out, codec))
+}
+
+/// A parsed chunk header.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkHeader {
+    /// The payload's codec.
+    pub codec: Codec,
+    /// Uncompressed length.
+    pub raw_len: usize,
+    /// Payload length.
+    pub stored_len: usize,
+}
+
+/// Context for errors: which snapshot and chunk a decode is for.
+pub struct ChunkCtx<'a> {
+    /// `sha256:HEX` of the snapshot being read.
+    pub snapshot: &'a str,
+    /// The chunk's digest (and name).
+    pub digest: &'a ChunkDigest,
+}
+
+impl ChunkCtx<'_> {
+    fn corrupt(&self, reason: impl Into<String>) -> Error {
+        Error::CorruptChunk {
+            snapshot: self.snapshot.to_string(),
+            chunk: self.digest.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Parses and checks a chunk header against the length the manifest expects.
+pub fn parse_header(
+    ctx: &ChunkCtx<'_>,
+    header: &[u8],
+    expect_raw: usize,
+    file_len: u64,
+) -> Result<ChunkHeader> {
+    if header.len() < CHUNK_HEADER_LEN || header[0..4] != CHUNK_MAGIC {
+        return Err(ctx.corrupt("bad magic (not a chunk file)"));
+    }
+    if header[4] != CHUNK_VERSION {
+        return Err(ctx.corrupt(format!(
+            "chunk format version {} is not supported (this build reads {CHUNK_VERSION})",
+            header[4]
+        )));
+    }
+    let codec = Codec::from_byte(header[5])
+        .ok_or_else(|| ctx.corrupt(format!("unknown codec {}", header[5])))?;
+    let raw_len = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    let stored_len = u32::from_le_bytes([header[12], header[13], header[14], header[15]]);
+    let raw_len = usize::try_from(raw_len).map_err(|_| ctx.corrupt("raw length overflows"))?;
+    let stored_len =
+        usize::try_from(stored_len).map_err(|_| ctx.corrupt("stored length overflows"))?;
+    if raw_len != expect_raw {
+        return Err(ctx.corrupt(format!(
+            "header says {raw_len} raw bytes, the manifest {expect_raw}"
+        )));
+    }
+    if raw_len > MAX_CHUNK_RAW || stored_len > MAX_CHUNK_RAW * 2 {
+        return Err(ctx.corrupt(format!("lengths {raw_len}/{stored_len} exceed the limit")));
+    }
+    let want = u64::try_from(CHUNK_HEADER_LEN + stored_len).unwrap_or(u64::MAX);
+    if file_len != want {
+        return Err(ctx.corrupt(format!(
+            "file is {file_len} bytes, header says {want} (truncated or extended)"
+        )));
+    }
+    Ok(ChunkHeader {
+        codec,
+        raw_len,
+        stored_len,
+    })
+}
+
+/// Decodes a payload into `out` (exactly `raw_len` long) and verifies the digest. On any error
+/// `out` is zeroed, so a caller that ignores the error still never sees wrong memory.
+pub fn decode_into(
+    ctx: &ChunkCtx<'_>,
+    hdr: &ChunkHeader,
+    payload: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
+    let r = decode_unchecked(ctx, hdr, payload, out).and_then(|()| {
+        if ChunkDigest::of(out) == *ctx.digest {
+            Ok(())
+        } else {
+            Err(ctx.corrupt("digest mismatch: the data does not hash to the chunk's name"))
+        }
+    });
+    if r.is_err() {
+        out.fill(0);
+    }
+    r
+}
+
+fn decode_unchecked(
+    ctx: &ChunkCtx<'_>,
+    hdr: &ChunkHeader,
+    payload: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
+    if out.len() != hdr.raw_len || payload.len() != hdr.stored_len {
+        return Err(ctx.corrupt("length mismatch"));
+    }
+    match hdr.codec {
+        Codec::None => out.copy_from_slice(payload),
+        Codec::Zstd => {
+            let n = ZSTD_D
+                .with(|d| -> std::io::Result<usize> {
+                    let mut slot = d.borrow_mut();
+                    if slot.is_none() {
+                        *slot = Some(zstd::bulk::Decompressor::new()?);
+                    }
+                    match slot.as_mut() {
+                        Some(dec) => dec.decompress_to_buffer(payload, out),
+                        None => Err(std::io::Error::other("zstd context missing")),
+                    }
+                })
+                .map_err(|e| ctx.corrupt(format!("zstd: {e}")))?;
+            if n != out.len() {
+                return Err(ctx.corrupt(format!("zstd produced {n} bytes, expected {}", out.len())));
+            }
+        }
+        Codec::Lz4 => {
+            let n = lz4_flex::block::decompress_into(payload, out)
+                .map_err(|e| ctx.corrupt(format!("lz4: {e}")))?;
+            if n != out.len() {
+                return Err(ctx.corrupt(format!("lz4 produced {n} bytes, expected {}", out.len())));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the chunk file at `path` into `out` (its raw length), verified.
+pub fn read_into(ctx: &ChunkCtx<'_>, path: &Path, out: &mut [u8]) -> Result<Codec> {
+    let mut f = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::MissingChunk {
+                snapshot: ctx.snapshot.to_string(),
+                chunk: ctx.digest.to_string(),
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(Error::io(path, "open chunk", e)),
+    };
+    let len = f
+        .metadata()
+        .map_err(|e| Error::io(path, "stat chunk", e))?
+        .len();
+    let mut header = [0u8; CHUNK_HEADER_LEN];
+    f.read_exact(&mut header)
+        .map_err(|_| ctx.corrupt(format!("file is {len} bytes, shorter than a header")))?;
+    let hdr = parse_header(ctx, &header, out.len(), len)?;
+    let read_err = |e: std::io::Error| ctx.corrupt(format!("read failed: {e}"));
+    if hdr.codec == Codec::None {
+        // Read straight into the destination: no intermediate copy for raw chunks.
+        let r = f.read_exact(out).map_err(read_err).and_then(|()| {
+            if ChunkDigest::of(out) == *ctx.digest {
+                Ok(())
+            } else {
+                Err(ctx.corrupt("digest mismatch: the data does not hash to the chunk's name"))
+            }
+        });
+        if r.is_err() {
+            out.fill(0);
+        }
+        return r.map(|()| Codec::None);
+    }
+    let mut payload = vec![0u8; hdr.stored_len];
+    f.read_exact(&mut payload).map_err(read_err)?;
+    decode_into(ctx, &hdr, &payload, out)?;
+    Ok(hdr.codec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx_round_trip(raw: &[u8], policy: CodecPolicy) -> Codec {
+        let (file, codec) = encode(raw, policy).unwrap();
+        let digest = ChunkDigest::of(raw);
+        let ctx = ChunkCtx {
+            snapshot: "sha256:test",
+            digest: &digest,
+        };
+        let hdr = parse_header(&ctx, &file, raw.len(), file.len() as u64).unwrap();
+        let mut out = vec![0u8; raw.len()];
+        decode_into(&ctx, &hdr, &file[CHUNK_HEADER_LEN..], &mut out).unwrap();
+        assert_eq!(out, raw);
+        codec
+    }
+
+    #[test]
+    fn codecs_round_trip() {
+        let text: Vec<u8> = b"hello world "
+            .iter()
+            .copied()
+            .cycle()
+            .take(65536)
+            .collect();
+        assert_eq!(ctx_round_trip(&text, CodecPolicy::Zstd(1)), Codec::Zstd);
+        assert_eq!(ctx_round_trip(&text, CodecPolicy::Lz4), Codec::Lz4);
+        assert_eq!(ctx_round_trip(&text, CodecPolicy::None), Codec::None);
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let random: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[3]
+            })
+            .collect();
+        assert!(looks_incompressible(&random));
+        assert!(!looks_incompressible(&text));
+        assert_eq!(ctx_round_trip(&random, CodecPolicy::Zstd(1)), Codec::None);
+    }
+
+    #[test]
+    fn flipped_byte_is_an_error_naming_the_chunk() {
+        let text: Vec<u8> = b"abcabcabd ".iter().copied().cycle().take(8192).collect();
+        for policy in [CodecPolicy::Zstd(3), CodecPolicy::Lz4, CodecPolicy::None] {
+            let (file, _) = encode(&text, policy).unwrap();
+            let digest = ChunkDigest::of(&text);
+            let ctx = ChunkCtx {
+                snapshot: "sha256:s",
+                digest: &digest,
+            };
+            for pos in [CHUNK_HEADER_LEN, file.len() / 2, file.len() - 1] {
+                let mut bad = file.clone();
+                bad[pos] ^= 0x40;
+                let hdr = parse_header(&ctx, &bad, text.len(), bad.len() as u64).unwrap();
+                let mut out = vec![1u8; text.len()];
+                let err = decode_into(&ctx, &hdr, &bad[CHUNK_HEADER_LEN..], &mut out).unwrap_err();
+                assert!(err.to_string().contains(&digest.hex()), "{err}");
+                assert!(out.iter().all(|&b| b == 0));
+            }
+        }
+    }
+}

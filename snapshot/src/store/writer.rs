@@ -1,0 +1,448 @@
+//! The writer: takes memory pages (streamed per memory object, in any number of batches) and
+//! named blobs, cuts them into chunks, elides all-zero pages, stores each distinct chunk once,
+//! and commits a manifest.
+//!
+//! Chunks are cut at addresses that are multiples of the chunk size (so unchanged memory at the
+//! same address gives the same chunks in the next snapshot) and at holes. A batch that ends
+//! inside a chunk window leaves its tail (at most one chunk) buffered until the next batch of
+//! the same object continues it; nothing else of the image is kept in memory.
+//!
+//! Durability and gc safety: the writer holds the store lock shared for its whole life, so
+//! `gc` (exclusive) never runs while chunks that no manifest names yet are being written or
+//! deduplicated against. Chunk files are written in the writer's `tmp/w-*` directory and renamed
+//! into `chunks/`; `commit` makes them durable with one `syncfs`, then writes the manifest and
+//! the name (temp file, fsync, rename, fsync directory). A writer killed at any point leaves
+//! only unreferenced chunks and a temp directory, which `gc` removes.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::store::chunk::{self, CodecPolicy, MAX_CHUNK_RAW};
+use crate::store::digest::{ChunkDigest, SnapshotId};
+use crate::store::files::{self, LockMode};
+use crate::store::manifest::{Extent, Manifest, Meta, ObjectKind, ObjectMeta, Region, PAGE_SIZE};
+use crate::store::{reference, Store};
+
+/// Default chunk size: 64 KiB, small enough that one page fault costs one cheap decompression
+/// (docs/BENCHMARKS-store.md).
+pub const DEFAULT_CHUNK_SIZE: usize = 64 << 10;
+
+/// Writer settings.
+#[derive(Clone, Copy, Debug)]
+pub struct WriterOptions {
+    /// Chunk size: a multiple of the page size, at most 4 MiB.
+    pub chunk_size: usize,
+    /// Codec for compressible chunks.
+    pub codec: CodecPolicy,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            codec: CodecPolicy::default(),
+        }
+    }
+}
+
+/// What a writer has done so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WriteStats {
+    /// Bytes handed to the writer (pages and blobs, zeros included).
+    pub input_bytes: u64,
+    /// Of those, bytes in all-zero pages (holes).
+    pub zero_bytes: u64,
+    /// Chunks referenced (with repeats).
+    pub chunks: u64,
+    /// Chunks that were not in the store yet and were written.
+    pub new_chunks: u64,
+    /// Raw bytes of the new chunks.
+    pub new_raw_bytes: u64,
+    /// Bytes written to chunk files (headers included).
+    pub new_stored_bytes: u64,
+}
+
+impl WriteStats {
+    fn add(&mut self, o: &WriteStats) {
+        self.input_bytes += o.input_bytes;
+        self.zero_bytes += o.zero_bytes;
+        self.chunks += o.chunks;
+        self.new_chunks += o.new_chunks;
+        self.new_raw_bytes += o.new_raw_bytes;
+        self.new_stored_bytes += o.new_stored_bytes;
+    }
+}
+
+struct ObjState {
+    name: String,
+    kind: ObjectKind,
+    /// start -> end, non-overlapping, adjacent ranges merged.
+    regions: BTreeMap<u64, u64>,
+    /// A batch tail inside one chunk window, waiting for the next batch.
+    pending: Option<(u64, Vec<u8>)>,
+}
+
+/// An in-progress snapshot. Dropping it without [`Writer::commit`] abandons it.
+pub struct Writer {
+    store: Store,
+    opts: WriterOptions,
+    tmp: PathBuf,
+    _lock: File,
+    objects: Vec<ObjState>,
+    by_name: HashMap<String, u32>,
+    extents: Vec<Extent>,
+    stats: WriteStats,
+}
+
+/// Handle for adding pages to one memory object.
+pub struct ObjectWriter<'w> {
+    writer: &'w mut Writer,
+    object: u32,
+}
+
+impl ObjectWriter<'_> {
+    /// Adds `bytes` (whole pages) at `vaddr` (page aligned). Pages may come in any order and in
+    /// any number of calls, but each page at most once.
+    pub fn add_pages(&mut self, vaddr: u64, bytes: &[u8]) -> Result<()> {
+        self.writer.add(self.object, vaddr, bytes)
+    }
+}
+
+fn is_zero(b: &[u8]) -> bool {
+    // A fold without early exit vectorizes; pages are small enough that exiting early buys
+    // nothing on mostly non-zero memory.
+    b.iter().fold(0u8, |a, &x| a | x) == 0
+}
+
+impl Writer {
+    pub(crate) fn new(store: Store, opts: WriterOptions) -> Result<Writer> {
+        let cs = opts.chunk_size;
+        if cs == 0 || !cs.is_multiple_of(4096) || cs > MAX_CHUNK_RAW.min(4 << 20) {
+            return Err(Error::InvalidInput {
+                object: "writer".into(),
+                reason: format!("chunk size {cs}: expected a multiple of 4096 up to 4 MiB"),
+            });
+        }
+        let lock = files::lock_file(&store.lock_path(), LockMode::Shared)?;
+        let tmp = store.tmp_dir().join(files::unique_name("w-"));
+        files::mkdir_all(&tmp)?;
+        Ok(Writer {
+            store,
+            opts,
+            tmp,
+            _lock: lock,
+            objects: Vec::new(),
+            by_name: HashMap::new(),
+            extents: Vec::new(),
+            stats: WriteStats::default(),
+        })
+    }
+
+    /// What has been written so far.
+    pub fn stats(&self) -> WriteStats {
+        self.stats
+    }
+
+    fn object_index(&mut self, name: &str, kind: ObjectKind) -> Result<u32> {
+        if name.is_empty() || name.len() > 4096 {
+            return Err(Error::InvalidInput {
+                object: name.to_string(),
+                reason: "object names must be 1 to 4096 bytes".into(),
+            });
+        }
+        if let Some(&i) = self.by_name.get(name) {
+            let existing = self
+                .objects
+                .get(usize::try_from(i).unwrap_or(usize::MAX))
+                .map_or(kind, |o| o.kind);
+            if existing != kind || kind == ObjectKind::Blob {
+                return Err(Error::InvalidInput {
+                    object: name.to_string(),
+                    reason: format!("already added as a {}", existing.as_str()),
+                });
+            }
+            return Ok(i);
+        }
+        let i = u32::try_from(self.objects.len()).map_err(|_| Error::InvalidInput {
+            object: name.to_string(),
+            reason: "too many objects".into(),
+        })?;
+        self.objects.push(ObjState {
+            name: name.to_string(),
+            kind,
+            regions: BTreeMap::new(),
+            pending: None,
+        });
+        self.by_name.insert(name.to_string(), i);
+        Ok(i)
+    }
+
+    /// The memory object called `name` (created on first use), to add pages to.
+    pub fn object(&mut self, name: &str) -> Result<ObjectWriter<'_>> {
+        let object = self.object_index(name, ObjectKind::Memory)?;
+        Ok(ObjectWriter {
+            writer: self,
+            object,
+        })
+    }
+
+    /// Adds a named blob (any length). Each name once.
+    pub fn add_blob(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let object = self.object_index(name, ObjectKind::Blob)?;
+        let len = bytes.len() as u64;
+        self.objects[usize::try_from(object).unwrap_or(0)]
+            .regions
+            .insert(0, len);
+        let cs = self.opts.chunk_size;
+        let jobs: Vec<(u64, Cow<'_, [u8]>)> = bytes
+            .chunks(cs)
+            .enumerate()
+            .map(|(i, c)| ((i * cs) as u64, Cow::Borrowed(c)))
+            .collect();
+        self.run_jobs(object, jobs)
+    }
+
+    fn add(&mut self, object: u32, vaddr: u64, bytes: &[u8]) -> Result<()> {
+        let oi = usize::try_from(object).unwrap_or(usize::MAX);
+        let name = self.objects[oi].name.clone();
+        let invalid = |reason: String| Error::InvalidInput {
+            object: name.clone(),
+            reason,
+        };
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let len = bytes.len() as u64;
+        if !vaddr.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+            return Err(invalid(format!(
+                "pages at {vaddr:#x} (+{len:#x}): address and length must be multiples of {PAGE_SIZE}"
+            )));
+        }
+        let end = vaddr
+            .checked_add(len)
+            .ok_or_else(|| invalid(format!("pages at {vaddr:#x} (+{len:#x}) overflow")))?;
+        // Record the region, refusing overlap, merging neighbours.
+        let regions = &mut self.objects[oi].regions;
+        let prev = regions.range(..=vaddr).next_back().map(|(&s, &e)| (s, e));
+        let next = regions.range(vaddr..).next().map(|(&s, &e)| (s, e));
+        if prev.is_some_and(|(_, e)| e > vaddr) || next.is_some_and(|(s, _)| s < end) {
+            return Err(invalid(format!(
+                "pages at {vaddr:#x}..{end:#x} overlap pages added before"
+            )));
+        }
+        let mut start = vaddr;
+        let mut stop = end;
+        if let Some((s, e)) = prev.filter(|&(_, e)| e == vaddr) {
+            regions.remove(&s);
+            start = s;
+            let _ = e;
+        }
+        if let Some((s, e)) = next.filter(|&(s, _)| s == end) {
+            regions.remove(&s);
+            stop = e;
+        }
+        regions.insert(start, stop);
+
+        let cs = self.opts.chunk_size as u64;
+        let boundary = |a: u64| (a / cs + 1) * cs;
+        let mut jobs: Vec<(u64, Cow<'_, [u8]>)> = Vec::new();
+        let mut pos = 0usize;
+        if let Some((pstart, mut pbuf)) = self.objects[oi].pending.take() {
+            let pend = pstart + pbuf.len() as u64;
+            if pend == vaddr {
+                let take =
+                    usize::try_from((boundary(pstart) - vaddr).min(len)).unwrap_or(bytes.len());
+                pbuf.extend_from_slice(&bytes[..take]);
+                pos = take;
+                if pstart + pbuf.len() as u64 == boundary(pstart) {
+                    jobs.push((pstart, Cow::Owned(pbuf)));
+                } else {
+                    self.objects[oi].pending = Some((pstart, pbuf));
+                }
+            } else {
+                jobs.push((pstart, Cow::Owned(pbuf)));
+            }
+        }
+        while pos < bytes.len() {
+            let a = vaddr + pos as u64;
+            let n = usize::try_from((boundary(a) - a).min(end - a)).unwrap_or(bytes.len() - pos);
+            let piece = &bytes[pos..pos + n];
+            if a + n as u64 == boundary(a) {
+                jobs.push((a, Cow::Borrowed(piece)));
+            } else {
+                self.objects[oi].pending = Some((a, piece.to_vec()));
+            }
+            pos += n;
+        }
+        self.run_jobs(object, jobs)
+    }
+
+    /// Chunks, hashes, compresses and stores the windows in parallel.
+    fn run_jobs(&mut self, object: u32, jobs: Vec<(u64, Cow<'_, [u8]>)>) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let store = &self.store;
+        let tmp = &self.tmp;
+        let codec = self.opts.codec;
+        let results: Vec<Result<(Vec<Extent>, WriteStats)>> = jobs
+            .par_iter()
+            .map(|(va, data)| window(store, tmp, codec, object, *va, data))
+            .collect();
+        for r in results {
+            let (ext, st) = r?;
+            self.extents.extend(ext);
+            self.stats.add(&st);
+        }
+        Ok(())
+    }
+
+    /// Makes the snapshot durable and returns its ID; with `name`, points that name at it
+    /// (moving the name if it exists; the snapshot it pointed at stays until `gc`).
+    pub fn commit(mut self, name: Option<&str>) -> Result<SnapshotId> {
+        if let Some(n) = name {
+            reference::parse_name(n)?;
+        }
+        for i in 0..self.objects.len() {
+            if let Some((start, buf)) = self.objects[i].pending.take() {
+                let object = u32::try_from(i).unwrap_or(u32::MAX);
+                self.run_jobs(object, vec![(start, Cow::Owned(buf))])?;
+            }
+        }
+        files::syncfs(self.store.root())?;
+        let mut objects = Vec::with_capacity(self.objects.len());
+        let mut regions = Vec::new();
+        for (i, o) in self.objects.iter().enumerate() {
+            let object = u32::try_from(i).unwrap_or(u32::MAX);
+            let mut size = 0;
+            for (&start, &end) in &o.regions {
+                if end > start {
+                    regions.push(Region {
+                        object,
+                        start,
+                        len: end - start,
+                    });
+                    size += end - start;
+                }
+            }
+            objects.push(ObjectMeta {
+                name: o.name.clone(),
+                kind: o.kind,
+                size,
+            });
+        }
+        self.extents.sort_by_key(|e| (e.object, e.vaddr));
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let manifest = Manifest {
+            meta: Meta {
+                created,
+                page_size: PAGE_SIZE,
+                chunk_size: self.opts.chunk_size as u64,
+                objects,
+            },
+            regions,
+            extents: std::mem::take(&mut self.extents),
+        };
+        let bytes = manifest.encode()?;
+        let id = SnapshotId::of_manifest(&bytes);
+        let path = self.store.manifest_path(&id);
+        if !path.exists() {
+            files::write_atomic(&self.tmp, &path, &bytes)?;
+        }
+        if let Some(n) = name {
+            self.store.tag(&id, n)?;
+        }
+        Ok(id)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// Processes one chunk window: splits it at zero pages, stores each run of non-zero pages as
+/// one chunk.
+fn window(
+    store: &Store,
+    tmp: &std::path::Path,
+    codec: CodecPolicy,
+    object: u32,
+    va: u64,
+    data: &[u8],
+) -> Result<(Vec<Extent>, WriteStats)> {
+    let mut stats = WriteStats {
+        input_bytes: data.len() as u64,
+        ..WriteStats::default()
+    };
+    let mut extents = Vec::new();
+    let page = usize::try_from(PAGE_SIZE).unwrap_or(4096);
+    let mut run_start: Option<usize> = None;
+    let mut off = 0usize;
+    let mut flush = |from: usize, to: usize, stats: &mut WriteStats| -> Result<()> {
+        let raw = &data[from..to];
+        let (digest, new_stored) = store_chunk(store, tmp, codec, raw)?;
+        stats.chunks += 1;
+        if let Some(n) = new_stored {
+            stats.new_chunks += 1;
+            stats.new_raw_bytes += raw.len() as u64;
+            stats.new_stored_bytes += n;
+        }
+        extents.push(Extent {
+            object,
+            len: u32::try_from(raw.len()).unwrap_or(u32::MAX),
+            vaddr: va + from as u64,
+            chunk: digest,
+        });
+        Ok(())
+    };
+    while off < data.len() {
+        let end = (off + page).min(data.len());
+        if is_zero(&data[off..end]) {
+            stats.zero_bytes += (end - off) as u64;
+            if let Some(s) = run_start.take() {
+                flush(s, off, &mut stats)?;
+            }
+        } else if run_start.is_none() {
+            run_start = Some(off);
+        }
+        off = end;
+    }
+    if let Some(s) = run_start {
+        flush(s, data.len(), &mut stats)?;
+    }
+    Ok((extents, stats))
+}
+
+/// Stores one chunk unless the store has it. Returns its digest and, if it was written, the
+/// bytes written.
+fn store_chunk(
+    store: &Store,
+    tmp: &std::path::Path,
+    codec: CodecPolicy,
+    raw: &[u8],
+) -> Result<(ChunkDigest, Option<u64>)> {
+    let digest = ChunkDigest::of(raw);
+    let path = store.chunk_path(&digest);
+    if path.exists() {
+        return Ok((digest, None));
+    }
+    let (file, _codec) = chunk::encode(raw, codec)?;
+    let t = tmp.join(files::unique_name("c-"));
+    let mut f = files::create_new(&t)?;
+    f.write_all(&file)
+        .map_err(|e| Error::io(&t, "write chunk", e))?;
+    drop(f);
+    // Another writer may have stored the same chunk meanwhile: same bytes, rename is harmless.
+    fs::rename(&t, &path).map_err(|e| Error::io(&path, "rename chunk into place", e))?;
+    Ok((digest, Some(file.len() as u64)))
+}

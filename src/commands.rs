@@ -1,0 +1,463 @@
+//! The subcommands: runc's set, same flags, same output, same exit codes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use cryo_runtime::{CreateOptions, Runtime};
+use nix::sys::signal::Signal;
+
+use crate::Cli;
+
+mod run;
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a container (its process waits for `start`).
+    Create {
+        /// Container id.
+        id: String,
+        #[command(flatten)]
+        opts: CreateArgs,
+    },
+    /// Start a created container.
+    Start {
+        /// Container id.
+        id: String,
+    },
+    /// Print a container's state as JSON.
+    State {
+        /// Container id.
+        id: String,
+    },
+    /// Send a signal to a container's init (default SIGTERM).
+    Kill {
+        /// Container id.
+        id: String,
+        /// Signal name or number.
+        signal: Option<String>,
+        /// Signal every process of the container.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Delete a container.
+    Delete {
+        /// Container id.
+        id: String,
+        /// Kill it first if it runs.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Create and start a container, wait for it (unless --detach) and delete it.
+    Run {
+        /// Container id.
+        id: String,
+        #[command(flatten)]
+        opts: CreateArgs,
+        /// Do not wait for the container.
+        #[arg(short, long)]
+        detach: bool,
+        /// Keep the container's state after it exits.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Run a process in a running container.
+    Exec(run::ExecArgs),
+    /// List the processes of a container.
+    Ps {
+        /// Container id.
+        id: String,
+        /// table or json.
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// Arguments for ps(1) (default -ef).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Freeze every process of a container.
+    Pause {
+        /// Container id.
+        id: String,
+    },
+    /// Thaw a paused container.
+    Resume {
+        /// Container id.
+        id: String,
+    },
+    /// List containers.
+    List {
+        /// table or json.
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// Ids only.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Write a default config.json.
+    Spec {
+        /// Bundle directory.
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// A spec for a rootless container.
+        #[arg(long)]
+        rootless: bool,
+    },
+    /// Print what this runtime supports (JSON).
+    Features,
+    /// Update resource limits of a container.
+    Update {
+        /// Container id.
+        id: String,
+        /// A JSON file of linux.resources ("-" for stdin).
+        #[arg(short = 'r', long)]
+        resources: Option<PathBuf>,
+        /// Memory limit in bytes.
+        #[arg(long)]
+        memory: Option<i64>,
+        /// CPU shares.
+        #[arg(long = "cpu-shares")]
+        cpu_shares: Option<u64>,
+        /// CFS quota in microseconds.
+        #[arg(long = "cpu-quota")]
+        cpu_quota: Option<i64>,
+        /// CFS period in microseconds.
+        #[arg(long = "cpu-period")]
+        cpu_period: Option<u64>,
+        /// CPUs allowed.
+        #[arg(long = "cpuset-cpus")]
+        cpuset_cpus: Option<String>,
+        /// Memory nodes allowed.
+        #[arg(long = "cpuset-mems")]
+        cpuset_mems: Option<String>,
+        /// Maximum number of pids.
+        #[arg(long = "pids-limit")]
+        pids_limit: Option<i64>,
+    },
+    /// Print container statistics (cgroup counters) as JSON events.
+    Events {
+        /// Container id.
+        id: String,
+        /// Print one stats event and exit.
+        #[arg(long)]
+        stats: bool,
+        /// Interval between stats events.
+        #[arg(long, default_value = "5s")]
+        interval: String,
+    },
+    /// Internal: the container's init.
+    #[command(hide = true)]
+    Init,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CreateArgs {
+    /// Bundle directory (default: current directory).
+    #[arg(short, long)]
+    bundle: Option<PathBuf>,
+    /// Write the init pid to this file.
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    /// Unix socket that receives the pty master.
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    /// Do not use pivot_root.
+    #[arg(long = "no-pivot")]
+    no_pivot: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long = "no-new-keyring")]
+    no_new_keyring: bool,
+    /// Pass N extra fds (3..3+N) to the container.
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    preserve_fds: i32,
+}
+
+impl CreateArgs {
+    fn options(&self) -> CreateOptions {
+        CreateOptions {
+            bundle: self.bundle.clone().unwrap_or_default(),
+            pid_file: self.pid_file.as_ref().map(|p| absolute(p)),
+            console_socket: self.console_socket.clone(),
+            no_pivot: self.no_pivot,
+            preserve_fds: self.preserve_fds + listen_fds(),
+        }
+    }
+}
+
+/// systemd socket activation: LISTEN_FDS fds are passed through like runc does.
+fn listen_fds() -> i32 {
+    std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// Parses SIGTERM, TERM or 15.
+pub fn parse_signal(s: &str) -> Result<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).with_context(|| format!("invalid signal {s:?}"));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| anyhow::anyhow!("invalid signal {s:?}"))
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+pub fn run(cli: &Cli) -> Result<u8> {
+    let rt = Runtime::new(&cli.root);
+    match &cli.command {
+        Command::Create { id, opts } => {
+            rt.create(id, &opts.options())?;
+        }
+        Command::Start { id } => rt.start(id)?,
+        Command::State { id } => print_json(&rt.state(id)?)?,
+        Command::Kill { id, signal, all } => {
+            let sig = parse_signal(signal.as_deref().unwrap_or("SIGTERM"))?;
+            rt.kill(id, sig, *all)?;
+        }
+        Command::Delete { id, force } => match rt.delete(id, *force) {
+            // runc exits 0 for `delete --force` of a missing container.
+            Err(cryo_runtime::Error::NotFound(_)) if *force => {}
+            r => r?,
+        },
+        Command::Run {
+            id,
+            opts,
+            detach,
+            keep,
+        } => return run::run(&rt, id, &opts.options(), *detach, *keep),
+        Command::Exec(args) => return run::exec(&rt, args),
+        Command::Ps {
+            id,
+            format,
+            ps_args,
+        } => ps(&rt, id, format, ps_args)?,
+        Command::Pause { id } => rt.set_paused(id, true)?,
+        Command::Resume { id } => rt.set_paused(id, false)?,
+        Command::List { format, quiet } => list(&rt, format, *quiet)?,
+        Command::Spec { bundle, rootless } => spec(bundle, *rootless)?,
+        Command::Features => print_json(&features())?,
+        Command::Update {
+            id,
+            resources,
+            memory,
+            cpu_shares,
+            cpu_quota,
+            cpu_period,
+            cpuset_cpus,
+            cpuset_mems,
+            pids_limit,
+        } => {
+            let mut r: serde_json::Value = match resources {
+                Some(p) if p == Path::new("-") => {
+                    serde_json::from_reader(std::io::stdin()).context("resources from stdin")?
+                }
+                Some(p) => serde_json::from_slice(
+                    &std::fs::read(p).with_context(|| p.display().to_string())?,
+                )
+                .with_context(|| format!("{}: not a JSON linux.resources object", p.display()))?,
+                None => serde_json::json!({}),
+            };
+            if let Some(m) = memory {
+                r["memory"]["limit"] = (*m).into();
+            }
+            if let Some(v) = cpu_shares {
+                r["cpu"]["shares"] = (*v).into();
+            }
+            if let Some(v) = cpu_quota {
+                r["cpu"]["quota"] = (*v).into();
+            }
+            if let Some(v) = cpu_period {
+                r["cpu"]["period"] = (*v).into();
+            }
+            if let Some(v) = cpuset_cpus {
+                r["cpu"]["cpus"] = v.clone().into();
+            }
+            if let Some(v) = cpuset_mems {
+                r["cpu"]["mems"] = v.clone().into();
+            }
+            if let Some(v) = pids_limit {
+                r["pids"]["limit"] = (*v).into();
+            }
+            let bytes = serde_json::to_vec(&r)?;
+            let res: oci_spec::runtime::LinuxResources =
+                cryo_runtime::spec::parse_json(Path::new("resources"), &bytes)?;
+            rt.update(id, &res)?;
+        }
+        Command::Events {
+            id,
+            stats,
+            interval,
+        } => {
+            let every = parse_duration(interval)?;
+            loop {
+                let s = rt.stats(id)?;
+                let ev = serde_json::json!({"type": "stats", "id": id, "data": s});
+                println!("{ev}");
+                if *stats {
+                    break;
+                }
+                std::thread::sleep(every);
+            }
+        }
+        Command::Init => bail!("cryo init must be started by the runtime"),
+    }
+    Ok(0)
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("invalid duration {s:?}"))?;
+    Ok(match unit {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" | "" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n * 60),
+        _ => bail!("invalid duration {s:?}"),
+    })
+}
+
+fn ps(rt: &Runtime, id: &str, format: &str, ps_args: &[String]) -> Result<()> {
+    let pids = rt.pids(id)?;
+    match format {
+        "json" => print_json(&pids),
+        "table" => {
+            let args: Vec<String> = if ps_args.is_empty() {
+                vec!["-ef".into()]
+            } else {
+                ps_args.to_vec()
+            };
+            let out = std::process::Command::new("ps")
+                .args(&args)
+                .output()
+                .context("running ps")?;
+            if !out.status.success() {
+                bail!(
+                    "ps {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut lines = text.lines();
+            let header = lines.next().unwrap_or_default();
+            let col = header
+                .split_whitespace()
+                .position(|h| h == "PID")
+                .context("ps output has no PID column")?;
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{header}")?;
+            for l in lines {
+                let pid: Option<i32> = l.split_whitespace().nth(col).and_then(|p| p.parse().ok());
+                if pid.is_some_and(|p| pids.contains(&p)) {
+                    writeln!(stdout, "{l}")?;
+                }
+            }
+            Ok(())
+        }
+        f => bail!("invalid format option {f:?}: table or json"),
+    }
+}
+
+fn list(rt: &Runtime, format: &str, quiet: bool) -> Result<()> {
+    let all = rt.list()?;
+    if quiet {
+        for s in &all {
+            println!("{}", s.id);
+        }
+        return Ok(());
+    }
+    match format {
+        "json" => print_json(&all),
+        "table" => {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{:<12} {:<8} {:<10} {:<40} {:<31} OWNER",
+                "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+            )?;
+            for s in &all {
+                writeln!(
+                    out,
+                    "{:<12} {:<8} {:<10} {:<40} {:<31} {}",
+                    s.id,
+                    s.pid,
+                    s.status,
+                    s.bundle.display(),
+                    s.created,
+                    if s.owner.is_empty() { "root" } else { &s.owner }
+                )?;
+            }
+            Ok(())
+        }
+        f => bail!("invalid format option {f:?}: table or json"),
+    }
+}
+
+fn spec(bundle: &Path, rootless: bool) -> Result<()> {
+    let path = bundle.join("config.json");
+    if path.exists() {
+        bail!("File {} exists. Remove it first", path.display());
+    }
+    let mut spec = oci_spec::runtime::Spec::default();
+    if rootless {
+        spec.set_linux(Some(oci_spec::runtime::Linux::rootless(
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        )));
+    }
+    let bytes = serde_json::to_vec_pretty(&spec)?;
+    std::fs::write(&path, bytes).with_context(|| path.display().to_string())?;
+    Ok(())
+}
+
+fn features() -> serde_json::Value {
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": cryo_runtime::state::OCI_VERSION,
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": ["async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "mand",
+            "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime", "nosuid",
+            "private", "rbind", "relatime", "remount", "ro", "rprivate", "rshared", "rslave", "runbindable",
+            "rw", "shared", "slave", "strictatime", "suid", "sync", "tmpcopyup", "unbindable"],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts", "time"],
+            "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "seccomp": {
+                "enabled": true,
+                "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
+                    "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"],
+                "operators": ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT",
+                    "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
+                "archs": ["SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+            },
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false},
+            "intelRdt": {"enabled": false}
+        },
+        "annotations": {"io.cryo.version": env!("CARGO_PKG_VERSION")}
+    })
+}
