@@ -298,20 +298,8 @@ impl Runtime {
             .map(|p| p.to_string_lossy().into_owned());
         let cgroup = cgroups::create(cg_path.as_deref(), &id)?;
 
-        let mut inherit = vec![fifo.as_raw_fd()];
-        inherit.extend(console.as_ref().map(|c| c.as_raw_fd()));
-        let (mut stage1, mut chan) = match self.spawn_init(&inherit) {
-            Ok(x) => x,
-            Err(e) => {
-                let _ = cgroup.destroy();
-                return Err(e);
-            }
-        };
-        let cleanup_cg = |cg: &dyn CgroupManager| {
-            let _ = cg.destroy();
-        };
         let setup_cg = || -> Result<()> {
-            cgroup.apply(i32::try_from(stage1.id()).unwrap_or(i32::MAX))?;
+            cgroup.prepare()?;
             let mut resources = linux
                 .and_then(|l| l.resources().clone())
                 .unwrap_or_default();
@@ -325,11 +313,22 @@ impl Runtime {
             cgroup.set(&resources)?;
             Ok(())
         };
+        let cleanup_cg = |cg: &dyn CgroupManager| {
+            let _ = cg.destroy();
+        };
         if let Err(e) = setup_cg() {
-            abort_init(&mut stage1, None);
             cleanup_cg(cgroup.as_ref());
             return Err(e);
         }
+        let mut inherit = vec![fifo.as_raw_fd()];
+        inherit.extend(console.as_ref().map(|c| c.as_raw_fd()));
+        let (mut stage1, mut chan) = match self.spawn_init(&inherit) {
+            Ok(x) => x,
+            Err(e) => {
+                cleanup_cg(cgroup.as_ref());
+                return Err(e);
+            }
+        };
         let hooks = spec.hooks().as_ref();
         let want_hooks = hooks.is_some_and(|h| {
             h.prestart().as_ref().is_some_and(|v| !v.is_empty())
@@ -349,6 +348,7 @@ impl Runtime {
             preserve_fds: opts.preserve_fds,
             no_pivot: opts.no_pivot,
             want_hooks,
+            cgroup_join: cgroup.join_files(),
         };
         let created = chrono::Utc::now();
         let annotations = spec.annotations().clone().unwrap_or_default();
@@ -679,14 +679,11 @@ impl Runtime {
             None
         };
         let inherit: Vec<RawFd> = console.iter().map(|c| c.as_raw_fd()).collect();
+        let cgroup_join = match &st.cgroup {
+            Some(c) => cgroups::from_state(c)?.join_files(),
+            None => Vec::new(),
+        };
         let (mut stage1, mut chan) = self.spawn_init(&inherit)?;
-        if let Some(c) = &st.cgroup {
-            let cg = cgroups::from_state(c)?;
-            if let Err(e) = cg.apply(i32::try_from(stage1.id()).unwrap_or(i32::MAX)) {
-                abort_init(&mut stage1, None);
-                return Err(e.into());
-            }
-        }
         let cfg = InitConfig {
             exec: true,
             spec: st.config.clone(),
@@ -699,6 +696,7 @@ impl Runtime {
             preserve_fds: opts.preserve_fds,
             no_pivot: false,
             want_hooks: false,
+            cgroup_join,
         };
         chan.send(&Msg::Bootstrap(Box::new(cfg)))?;
         let pid = self.handshake(&mut chan, &mut stage1, &st.config, |_| Ok(String::new()))?;

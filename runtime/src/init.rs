@@ -63,6 +63,9 @@ pub struct InitConfig {
     /// Ask the runtime to run prestart/createRuntime hooks (and get the state for
     /// createContainer/startContainer hooks).
     pub want_hooks: bool,
+    /// Files to write `0` into, first thing, to move the init into the container's cgroups
+    /// (see [`crate::cgroups::CgroupManager::join_files`]; the init is single-threaded).
+    pub cgroup_join: Vec<PathBuf>,
 }
 
 /// Messages on the sync channel.
@@ -128,6 +131,12 @@ enum Never {}
 
 fn stage1(chan: &mut Channel, cfg: &InitConfig) -> Result<Never> {
     let sys = LinuxSyscall;
+    // Before any setns: the paths are the host's. The init has not started a thread, so
+    // moving this thread moves the whole process.
+    for f in &cfg.cgroup_join {
+        std::fs::write(f, b"0")
+            .map_err(|e| Error::Init(format!("joining cgroup {}: {e}", f.display())))?;
+    }
     let fds: Vec<(LinuxNamespaceType, OwnedFd)> = cfg
         .plan
         .join

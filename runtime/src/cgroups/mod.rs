@@ -80,6 +80,18 @@ pub const UNIFIED: &str = "unified";
 pub trait CgroupManager: std::fmt::Debug + Send + Sync {
     /// Creates the cgroup(s) if needed and moves `pid` in (also used for an exec'd process).
     fn apply(&self, pid: i32) -> Result<()>;
+    /// Creates the cgroup(s) without moving anyone in; [`Self::join_files`] then lets a
+    /// process move itself.
+    fn prepare(&self) -> Result<()>;
+    /// The files into which a *single-threaded* process writes `0` to move itself into the
+    /// cgroup(s), after [`Self::prepare`].
+    ///
+    /// On v1 these are the `tasks` files: the kernel moves only the calling thread then, and
+    /// skips the global threadgroup lock whose write side waits for an RCU grace period
+    /// (10–20 ms here on the first migration, the largest single cost of `create`). A
+    /// single-threaded process is its whole thread group, so the result is the same as
+    /// writing its pid to `cgroup.procs`.
+    fn join_files(&self) -> Vec<PathBuf>;
     /// Writes `linux.resources` (at create and at update).
     fn set(&self, resources: &LinuxResources) -> Result<()>;
     /// Freezes or thaws, returning once the kernel reports the new state.

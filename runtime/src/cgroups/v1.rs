@@ -80,6 +80,14 @@ impl Manager {
 
 impl CgroupManager for Manager {
     fn apply(&self, pid: i32) -> Result<()> {
+        self.prepare()?;
+        for (_, dir) in self.dirs() {
+            fs::add_pid(dir, pid)?;
+        }
+        Ok(())
+    }
+
+    fn prepare(&self) -> Result<()> {
         for (names, dir) in self.dirs() {
             if names.contains(&cpuset::Cpuset::NAME) {
                 let mount = self.mounts.get(cpuset::Cpuset::NAME).map(PathBuf::as_path);
@@ -87,9 +95,15 @@ impl CgroupManager for Manager {
             } else {
                 fs::mkdir_all(dir)?;
             }
-            fs::add_pid(dir, pid)?;
         }
         Ok(())
+    }
+
+    fn join_files(&self) -> Vec<PathBuf> {
+        self.dirs()
+            .into_iter()
+            .map(|(_, dir)| dir.join("tasks"))
+            .collect()
     }
 
     fn set(&self, r: &LinuxResources) -> Result<()> {

@@ -126,6 +126,14 @@ impl CgroupManager for Manager {
         fs::add_pid(&self.path, pid)
     }
 
+    fn prepare(&self) -> Result<()> {
+        self.create_path()
+    }
+
+    fn join_files(&self) -> Vec<PathBuf> {
+        vec![self.path.join("cgroup.procs")]
+    }
+
     fn set(&self, r: &LinuxResources) -> Result<()> {
         if let Some(c) = r.cpu() {
             let rt = c.realtime_runtime().is_some_and(|v| v != 0)
