@@ -105,6 +105,14 @@ pub enum Command {
     },
     /// Print what this runtime supports (JSON).
     Features,
+    /// Manage the snapshot store: ls, inspect, verify, rm, gc.
+    Snapshot {
+        /// Store directory (default: $CRYO_STORE, else /var/lib/cryo/store).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        #[command(subcommand)]
+        command: crate::snapshot_cli::SnapshotCommand,
+    },
     /// Update resource limits of a container.
     Update {
         /// Container id.
@@ -258,6 +266,13 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::List { format, quiet } => list(&rt, format, *quiet)?,
         Command::Spec { bundle, rootless } => spec(bundle, *rootless)?,
         Command::Features => print_json(&features())?,
+        Command::Snapshot { store, command } => {
+            let store = store
+                .clone()
+                .unwrap_or_else(cryo_snapshot::Store::default_path);
+            let code = crate::snapshot_cli::run(command.clone(), &store)?;
+            return Ok(u8::try_from(code).unwrap_or(1));
+        }
         Command::Update {
             id,
             resources,

@@ -3,6 +3,7 @@
 
 mod commands;
 mod logging;
+mod snapshot_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

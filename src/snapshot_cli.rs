@@ -18,7 +18,7 @@ pub enum OutputFormat {
 }
 
 /// `cryo snapshot` subcommands.
-#[derive(clap::Subcommand, Debug)]
+#[derive(clap::Subcommand, Debug, Clone)]
 pub enum SnapshotCommand {
     /// List snapshots with their names and sizes.
     Ls {

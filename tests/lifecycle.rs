@@ -353,3 +353,42 @@ fn spec_and_features() {
         .contains(&json!("user")));
     assert_eq!(f["linux"]["seccomp"]["enabled"], true);
 }
+
+#[test]
+fn init_binary_cannot_be_written_from_the_container() {
+    skip_unless_root!();
+    // CVE-2019-5736: the init the container sees as /proc/PID/exe is the cryo binary; it must
+    // sit on a read-only mount (or be a sealed copy) so nothing can write through it.
+    let env = Env::new("exe");
+    let b = env.bundle("e", &base_config(&["true"]));
+    let id = env.id("e");
+    env.ok(&["create", "--bundle", b.to_str().unwrap(), &id]);
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    let exe = std::fs::File::open(format!("/proc/{pid}/exe")).unwrap();
+    // SAFETY: fstatvfs writes into the zeroed struct we pass.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and pointer.
+    let rc = unsafe { libc::fstatvfs(std::os::fd::AsRawFd::as_raw_fd(&exe), &mut st) };
+    assert_eq!(rc, 0);
+    let sealed = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("/memfd:");
+    assert!(
+        st.f_flag & libc::ST_RDONLY != 0 || sealed,
+        "init binary is writable: flags {:#x}",
+        st.f_flag
+    );
+    assert!(std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/exe"))
+        .is_err());
+    env.ok(&["delete", "--force", &id]);
+    // The scratch mount point is gone from the state root.
+    let left: Vec<_> = std::fs::read_dir(&env.root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -30,6 +30,18 @@ pub struct Sample {
     pub total: f64,
 }
 
+/// A named projection of a [`Sample`].
+pub type Metric = (&'static str, fn(&Sample) -> f64);
+
+/// Every metric of a sample, the whole lifecycle first.
+pub const METRICS: [Metric; 5] = [
+    ("total", |s| s.total),
+    ("create", |s| s.create),
+    ("start", |s| s.start),
+    ("wait", |s| s.wait),
+    ("delete", |s| s.delete),
+];
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }

@@ -165,14 +165,7 @@ fn lifecycle(
 
     let mut rows = Vec::new();
     for (rt, ss) in rts.iter().zip(&samples) {
-        let metrics: [(&str, fn(&lifecycle::Sample) -> f64); 5] = [
-            ("total", |s| s.total),
-            ("create", |s| s.create),
-            ("start", |s| s.start),
-            ("wait", |s| s.wait),
-            ("delete", |s| s.delete),
-        ];
-        for (metric, f) in metrics {
+        for (metric, f) in lifecycle::METRICS {
             let v: Vec<f64> = ss.iter().map(f).collect();
             if let Some(summary) = Summary::of(&v) {
                 rows.push(Row {

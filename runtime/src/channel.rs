@@ -32,8 +32,8 @@ impl Channel {
     /// # Safety
     /// `fd` must be an open socket owned by nobody else.
     pub unsafe fn from_raw_fd(fd: RawFd) -> Channel {
-        // SAFETY: guaranteed by the caller.
         Channel {
+            // SAFETY: guaranteed by the caller.
             sock: unsafe { UnixStream::from_raw_fd(fd) },
         }
     }

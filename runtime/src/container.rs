@@ -22,11 +22,17 @@ use crate::namespaces::NamespacePlan;
 use crate::state::{self, ContainerState, OciState, StateDir, Status};
 use crate::{hooks, spec};
 
-/// How to run `cryo init` in a way the container cannot overwrite.
+/// How to run `cryo init` in a way the container cannot overwrite (CVE-2019-5736: a process
+/// in the container must never be able to write through /proc/PID/exe into the host's binary).
 #[derive(Debug, Clone, Default)]
 pub enum InitBinary {
-    /// A sealed memfd copy of the running executable (default).
+    /// The running executable through a read-only bind mount that is opened and then
+    /// detached at once (default; crun's and runc 1.1's "bindfd"): a write through the
+    /// init's /proc/PID/exe fails with EROFS. Costs three syscalls instead of a copy of the
+    /// binary; falls back to [`InitBinary::SealedMemfd`] where mounting is not allowed.
     #[default]
+    ReadOnlyBind,
+    /// A sealed memfd copy of the running executable.
     SealedMemfd,
     /// This path, trusted as read-only (e.g. a read-only bind of the binary).
     Path(PathBuf),
@@ -96,6 +102,47 @@ fn sealed_copy(exe: &Path) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// `exe` opened through a read-only bind mount of it, already detached (see
+/// [`InitBinary::ReadOnlyBind`]). The mount point is a scratch file in `dir`.
+fn ro_bind(exe: &Path, dir: &Path) -> Result<OwnedFd> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let target = dir.join(format!(".cryo-exe-{}", std::process::id()));
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&target)
+        .io_ctx(&target)?;
+    let bound = mount(
+        Some(exe),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .sys_ctx(|| format!("bind-mounting {} read-only", exe.display()));
+    let fd = bound.and_then(|()| {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        let r = mount(None::<&str>, &target, None::<&str>, flags, None::<&str>)
+            .sys_ctx(|| format!("remounting {} read-only", target.display()))
+            .and_then(|()| {
+                nix::fcntl::open(
+                    &target,
+                    nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .sys_ctx(|| format!("opening {}", target.display()))
+            });
+        // Detached now, the mount lives on only through the fd.
+        let _ = umount2(&target, MntFlags::MNT_DETACH);
+        r
+    });
+    let _ = fs::remove_file(&target);
+    // SAFETY: open returned a new fd that we own.
+    fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 fn clear_cloexec(fd: RawFd) -> Result<()> {
     nix::fcntl::fcntl(
         fd,
@@ -129,6 +176,21 @@ fn write_id_maps(pid: u32, spec: &Spec) -> Result<()> {
     })
 }
 
+/// The host uid and gid that container root maps to (0, 0 without mappings).
+fn host_root_ids(spec: &Spec) -> (u32, u32) {
+    let linux = spec.linux().as_ref();
+    let root = |maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.into_iter()
+            .flatten()
+            .find(|m| m.container_id() == 0)
+            .map_or(0, |m| m.host_id())
+    };
+    (
+        root(linux.and_then(|l| l.uid_mappings().as_ref())),
+        root(linux.and_then(|l| l.gid_mappings().as_ref())),
+    )
+}
+
 /// Kills and reaps a half-created init.
 fn abort_init(stage1: &mut Child, init_pid: Option<i32>) {
     let _ = stage1.kill();
@@ -159,19 +221,21 @@ impl Runtime {
     }
 
     fn init_command(&self) -> Result<(Command, Option<OwnedFd>)> {
-        match &self.init_binary {
-            InitBinary::SealedMemfd => {
-                let fd = sealed_copy(&self.exe)?;
-                let mut cmd = Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-                cmd.arg0("cryo");
-                Ok((cmd, Some(fd)))
-            }
+        let fd = match &self.init_binary {
             InitBinary::Path(p) => {
                 let mut cmd = Command::new(p);
                 cmd.arg0("cryo");
-                Ok((cmd, None))
+                return Ok((cmd, None));
             }
-        }
+            InitBinary::ReadOnlyBind => ro_bind(&self.exe, &self.root).or_else(|e| {
+                tracing::debug!("read-only bind of the init binary: {e}; copying it instead");
+                sealed_copy(&self.exe)
+            })?,
+            InitBinary::SealedMemfd => sealed_copy(&self.exe)?,
+        };
+        let mut cmd = Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        cmd.arg0("cryo");
+        Ok((cmd, Some(fd)))
     }
 
     /// Spawns `cryo init` with the channel and the extra fds it needs inherited.
@@ -272,6 +336,23 @@ impl Runtime {
         let fifo_path = dir.fifo_path();
         nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622))
             .sys_ctx(|| format!("mkfifo {}", fifo_path.display()))?;
+        // Like runc: the init opens the fifo as container root, which in a user namespace is an
+        // unprivileged host uid, so the mode must not lose its write bits to the umask and the
+        // fifo belongs to the host ids that container root maps to.
+        nix::sys::stat::fchmodat(
+            None,
+            &fifo_path,
+            nix::sys::stat::Mode::from_bits_truncate(0o622),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .sys_ctx(|| format!("chmod {}", fifo_path.display()))?;
+        let (root_uid, root_gid) = host_root_ids(&spec);
+        nix::unistd::chown(
+            &fifo_path,
+            Some(nix::unistd::Uid::from_raw(root_uid)),
+            Some(nix::unistd::Gid::from_raw(root_gid)),
+        )
+        .sys_ctx(|| format!("chown {}", fifo_path.display()))?;
         let fifo = nix::fcntl::open(
             &fifo_path,
             nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
@@ -300,16 +381,12 @@ impl Runtime {
 
         let setup_cg = || -> Result<()> {
             cgroup.prepare()?;
-            let mut resources = linux
+            // Like runc and crun, the nodes of `linux.devices` get no implicit allow rule:
+            // the caller lists them in `linux.resources.devices` (docker, podman and
+            // containerd do).
+            let resources = linux
                 .and_then(|l| l.resources().clone())
                 .unwrap_or_default();
-            // Like runc: the devices the spec creates are allowed in the devices cgroup.
-            let spec_devices = linux.and_then(|l| l.devices().as_deref()).unwrap_or(&[]);
-            if !spec_devices.is_empty() {
-                let mut rules = resources.devices().clone().unwrap_or_default();
-                rules.extend(cgroups::allow_rules_for(spec_devices));
-                resources.set_devices(Some(rules));
-            }
             cgroup.set(&resources)?;
             Ok(())
         };

@@ -19,6 +19,7 @@
 //! safe; it never returns to the caller on success.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 
 use nix::fcntl::OFlag;
@@ -177,6 +178,10 @@ fn stage1(chan: &mut Channel, cfg: &InitConfig) -> Result<Never> {
     match unsafe { nix::unistd::fork() }.sys_ctx(|| "fork".into())? {
         ForkResult::Parent { child } => {
             chan.send(&Msg::ChildPid(child.as_raw()))?;
+            #[allow(
+                clippy::exit,
+                reason = "stage 1 ends here; stage 2 carries on as the init"
+            )]
             std::process::exit(0)
         }
         ForkResult::Child => {
@@ -188,6 +193,10 @@ fn stage1(chan: &mut Channel, cfg: &InitConfig) -> Result<Never> {
                 // The runtime is gone (create returned): the container's stderr is all we have.
                 eprintln!("cryo init: {e}");
             }
+            #[allow(
+                clippy::exit,
+                reason = "the forked init must not return into stage 1's code"
+            )]
             std::process::exit(127)
         }
     }
@@ -247,6 +256,15 @@ fn stage2(chan: &mut Channel, cfg: &InitConfig) -> Result<Never> {
     }
     if new_mnt {
         rootfs::enter(&sys, &cfg.rootfs, cfg.no_pivot)?;
+        // runc creates a missing process.cwd (before the root goes read-only).
+        let cwd = cfg.process.cwd();
+        if cwd.is_absolute() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(cwd)
+                .map_err(|e| Error::io(cwd, e))?;
+        }
     } else {
         return Err(Error::Unsupported {
             field: "linux.namespaces".into(),
@@ -255,6 +273,22 @@ fn stage2(chan: &mut Channel, cfg: &InitConfig) -> Result<Never> {
     }
     if terminal {
         setup_console(cfg, console_size)?;
+    }
+    // runc's order: sysctls before the read-only and masked paths (/proc/sys is one).
+    for (k, v) in cfg
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let path = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
+        std::fs::write(&path, v).map_err(|e| Error::Spec {
+            path: "config.json".into(),
+            field: format!("linux.sysctl.{k}"),
+            msg: format!("writing {v:?} to {}: {e}", path.display()),
+        })?;
     }
     rootfs::finalize(&sys, &cfg.spec)?;
     let uts_new = cfg.plan.create.contains(&LinuxNamespaceType::Uts);
@@ -273,21 +307,6 @@ fn stage2(chan: &mut Channel, cfg: &InitConfig) -> Result<Never> {
     if let Some(d) = cfg.spec.domainname().as_deref().filter(|h| !h.is_empty()) {
         sys.setdomainname(d)
             .sys_ctx(|| format!("domainname: setdomainname {d:?}"))?;
-    }
-    for (k, v) in cfg
-        .spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.sysctl().as_ref())
-        .into_iter()
-        .flatten()
-    {
-        let path = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
-        std::fs::write(&path, v).map_err(|e| Error::Spec {
-            path: "config.json".into(),
-            field: format!("linux.sysctl.{k}"),
-            msg: format!("writing {v:?} to {}: {e}", path.display()),
-        })?;
     }
     set_oom_score_adj(&cfg.process)?;
     set_rlimits(&cfg.process)?;

@@ -34,6 +34,8 @@ pub trait Syscall: Send + Sync {
     fn chroot(&self, path: &Path) -> SysResult<()>;
     /// chdir(2).
     fn chdir(&self, path: &Path) -> SysResult<()>;
+    /// fchdir(2) to an open directory.
+    fn fchdir(&self, fd: RawFd) -> SysResult<()>;
     /// mknod(2).
     fn mknod(&self, path: &Path, kind: SFlag, perm: Mode, dev: u64) -> SysResult<()>;
     /// sethostname(2).
@@ -76,6 +78,10 @@ impl Syscall for LinuxSyscall {
 
     fn chdir(&self, path: &Path) -> SysResult<()> {
         nix::unistd::chdir(path)
+    }
+
+    fn fchdir(&self, fd: RawFd) -> SysResult<()> {
+        nix::unistd::fchdir(fd)
     }
 
     fn mknod(&self, path: &Path, kind: SFlag, perm: Mode, dev: u64) -> SysResult<()> {
@@ -123,6 +129,8 @@ pub enum Call {
     Chroot(PathBuf),
     /// chdir(path)
     Chdir(PathBuf),
+    /// fchdir(fd)
+    Fchdir,
     /// mknod(path, kind, perm, dev)
     Mknod(PathBuf, SFlag, u32, u64),
     /// sethostname(name)
@@ -199,6 +207,11 @@ impl Syscall for RecordingSyscall {
 
     fn chdir(&self, path: &Path) -> SysResult<()> {
         self.push(Call::Chdir(path.to_path_buf()));
+        Ok(())
+    }
+
+    fn fchdir(&self, _fd: RawFd) -> SysResult<()> {
+        self.push(Call::Fchdir);
         Ok(())
     }
 

@@ -226,3 +226,36 @@ impl Drop for Env {
         }
     }
 }
+
+impl Env {
+    /// `cryo run` of `config` in the foreground, asserting exit 0; returns stdout.
+    pub fn run_ok(&self, name: &str, config: &Value) -> String {
+        let (code, out, err) = self.run(name, config);
+        assert_eq!(code, 0, "{name} failed\nstdout: {out}\nstderr: {err}");
+        out
+    }
+
+    /// `cryo run -d` of `config`; returns (container id, init pid).
+    pub fn detach(&self, name: &str, config: &Value) -> (String, i64) {
+        let b = self.bundle(name, config);
+        let id = self.id(name);
+        self.ok(&["run", "-d", "--bundle", b.to_str().unwrap(), &id]);
+        let pid = self.state(&id)["pid"].as_i64().unwrap();
+        (id, pid)
+    }
+
+    /// Force-deletes a container and asserts it is gone.
+    pub fn remove(&self, id: &str) {
+        self.ok(&["delete", "--force", id]);
+    }
+}
+
+/// `base_config` running `sh -c script`.
+pub fn sh_config(script: &str) -> Value {
+    base_config(&["sh", "-c", script])
+}
+
+/// A cgroupsPath unique to this test process and `name`.
+pub fn cgroup_path(name: &str) -> String {
+    format!("/cryo-test/{name}-{}", std::process::id())
+}

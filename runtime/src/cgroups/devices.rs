@@ -3,10 +3,10 @@
 //!
 //! As runc does, the effective list is: deny everything, then `linux.resources.devices` in
 //! order, then runc's default allow list (mknod of any device, /dev/null, zero, full, random,
-//! urandom, tty, ptmx, pts/*, net/tun). Device nodes listed in `linux.devices` need allow rules
-//! too: [`allow_rules_for`] builds them for the caller to append to `linux.resources.devices`.
+//! urandom, tty, ptmx, pts/*, net/tun). Device nodes listed in `linux.devices` get no implicit
+//! rule (runc and crun add none): the spec's `linux.resources.devices` must allow them.
 
-use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType};
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
 
 use super::error::{Error, Result};
 
@@ -163,22 +163,6 @@ fn normalize(i: usize, d: &LinuxDeviceCgroup) -> Result<Rule> {
     })
 }
 
-/// Allow rules (`rwm`) for the device nodes of `linux.devices`, as runc adds them.
-pub fn allow_rules_for(devices: &[LinuxDevice]) -> Vec<LinuxDeviceCgroup> {
-    devices
-        .iter()
-        .map(|d| {
-            let mut r = LinuxDeviceCgroup::default();
-            r.set_allow(true);
-            r.set_typ(Some(d.typ()));
-            r.set_major(Some(d.major()));
-            r.set_minor(Some(d.minor()));
-            r.set_access(Some("rwm".into()));
-            r
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,15 +226,5 @@ mod tests {
                 .starts_with("linux.resources.devices[0].major"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn linux_devices_become_allow_rules() {
-        let d: LinuxDevice =
-            serde_json::from_str(r#"{"path":"/dev/fuse","type":"c","major":10,"minor":229}"#)
-                .unwrap();
-        let r = allow_rules_for(&[d]);
-        assert_eq!(r[0].to_string(), "c 10:229 rwm");
-        assert!(r[0].allow());
     }
 }

@@ -48,7 +48,6 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 
-pub use devices::allow_rules_for;
 pub use error::{Error, Result};
 pub use layout::Mode;
 pub use stats::Stats;

@@ -83,6 +83,15 @@ fn cstr(s: &str, field: &str) -> Result<CString> {
     })
 }
 
+/// The home directory of `uid` in an /etc/passwd text, "/" when it has no entry (runc's default).
+fn home_of(passwd: &str, uid: u32) -> &str {
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 6 && f[2].parse() == Ok(uid))
+        .map_or("/", |f| f[5])
+}
+
 /// Finds `arg0` the way execvp would, with the container's PATH, from inside the container.
 pub fn lookup(arg0: &str, env: &[String], cwd: &Path) -> Result<PathBuf> {
     let is_exec = |p: &Path| {
@@ -129,7 +138,13 @@ impl Prepared {
         setgroups_allowed: bool,
     ) -> Result<Self> {
         let args = p.args().clone().unwrap_or_default();
-        let env = p.env().clone().unwrap_or_default();
+        let mut env = p.env().clone().unwrap_or_default();
+        // runc sets HOME when the spec leaves it out: the user's home in the container's
+        // /etc/passwd (we run inside the container's root here), or "/".
+        if !env.iter().any(|e| e.starts_with("HOME=")) {
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            env.push(format!("HOME={}", home_of(&passwd, p.user().uid())));
+        }
         let arg0 = args
             .first()
             .ok_or_else(|| Error::Init("process.args is empty".into()))?;
@@ -158,8 +173,15 @@ impl Prepared {
     }
 
     /// Changes to the user and capabilities of the process (runc's finalizeNamespace). The
-    /// seccomp filter is loaded here when no_new_privs is off (it still needs CAP_SYS_ADMIN).
+    /// seccomp filter is loaded first here when no_new_privs is off (it needs CAP_SYS_ADMIN).
     pub fn drop_privileges(&mut self) -> Result<()> {
+        // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it before the
+        // capabilities go (runc does the same, before finalizeNamespace).
+        if !self.no_new_privs {
+            if let Some(ctx) = self.seccomp.take() {
+                seccomp::load(&ctx)?;
+            }
+        }
         if let Some(m) = self.umask {
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
         }
@@ -191,11 +213,6 @@ impl Prepared {
                 "process.cwd: {} is outside the container",
                 cwd.display()
             )));
-        }
-        if !self.no_new_privs {
-            if let Some(ctx) = self.seccomp.take() {
-                seccomp::load(&ctx)?;
-            }
         }
         Ok(())
     }
@@ -247,6 +264,14 @@ pub fn cloexec_from(first: i32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn home_comes_from_passwd_or_defaults_to_root_dir() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nbad line\nwww:x:33:33::/var/www:/bin/false\n";
+        assert_eq!(home_of(passwd, 0), "/root");
+        assert_eq!(home_of(passwd, 33), "/var/www");
+        assert_eq!(home_of(passwd, 1000), "/");
+    }
 
     #[test]
     fn lookup_uses_the_container_path() {

@@ -7,6 +7,7 @@ pub mod devices;
 pub mod mounts;
 pub mod path;
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use nix::mount::{MntFlags, MsFlags};
@@ -109,8 +110,15 @@ pub fn enter(sys_: &dyn Syscall, rootfs: &Path, no_pivot: bool) -> Result<()> {
     } else {
         // pivot_root(".", ".") stacks the old root on top of the new one; unmount it lazily
         // after making it a slave so the unmount does not propagate to the host.
+        let old_root = std::fs::File::open("/").map_err(|e| Error::io("/", e))?;
         sys_.pivot_root(Path::new("."), Path::new("."))
             .map_err(sys(format!("pivot_root {}", rootfs.display())))?;
+        // The kernel leaves no guarantee that "." is the old root after pivot_root (here it
+        // is the new one, and MS_SLAVE|MS_REC on it would turn the container's rshared
+        // mounts private): step into the old root explicitly, as runc does.
+        sys_.fchdir(old_root.as_raw_fd())
+            .map_err(sys("fchdir to the old root"))?;
+        drop(old_root);
         sys_.mount(
             None,
             Path::new("."),
@@ -209,8 +217,9 @@ mod tests {
         let c = sys.calls();
         assert_eq!(c[0], Call::Chdir("/r".into()));
         assert_eq!(c[1], Call::PivotRoot(".".into(), ".".into()));
-        assert_eq!(c[3], Call::Umount(".".into()));
-        assert_eq!(c[4], Call::Chdir("/".into()));
+        assert_eq!(c[2], Call::Fchdir);
+        assert_eq!(c[4], Call::Umount(".".into()));
+        assert_eq!(c[5], Call::Chdir("/".into()));
     }
 
     #[test]
