@@ -325,7 +325,8 @@ fn hooks_run_in_order_with_state() {
     let b = env.bundle("hf", &c);
     let o = env.cryo(&["create", "--bundle", b.to_str().unwrap(), &env.id("hf")]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("createRuntime hook"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("createRuntime hook"), "{err}");
     assert!(env.ok(&["list", "-q"]).trim().is_empty());
 }
 

@@ -182,38 +182,10 @@ fn seccomp_rule_makes_mkdir_fail() {
 
 #[test]
 fn terminal_through_console_socket() {
-    use std::io::Read;
-    use std::os::fd::{FromRawFd, OwnedFd};
-    use std::os::unix::net::UnixListener;
-
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-
     skip_unless_root!();
     let env = Env::new("proc-tty");
     let sock = env.dir.path().join("console.sock");
-    let listener = UnixListener::bind(&sock).unwrap();
-    // Receives one fd over SCM_RIGHTS (runc's protocol: the pty's name as the data).
-    let receiver = std::thread::spawn(move || -> OwnedFd {
-        let (conn, _) = listener.accept().unwrap();
-        let mut buf = [0u8; 4096];
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = recvmsg::<()>(
-            std::os::fd::AsRawFd::as_raw_fd(&conn),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::empty(),
-        )
-        .unwrap();
-        for c in msg.cmsgs().unwrap() {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                // SAFETY: the fd was just received and nothing else owns it.
-                return unsafe { OwnedFd::from_raw_fd(fds[0]) };
-            }
-        }
-        panic!("no fd received on the console socket");
-    });
-
+    let receiver = console_listener(&sock);
     let mut c = sh_config("tty; echo hi; test -t 0 && test -t 1 && echo both-ttys");
     c["process"]["terminal"] = json!(true);
     let b = env.bundle("tty", &c);
@@ -227,21 +199,66 @@ fn terminal_through_console_socket() {
         b.to_str().unwrap(),
         &id,
     ]);
-    let master = receiver.join().unwrap();
-    let mut f = std::fs::File::from(master);
-    let mut out = Vec::new();
-    let mut buf = [0u8; 1024];
-    // Read until the slave side closes (EIO) once the process exits.
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
-            Err(e) => panic!("reading the pty master: {e}"),
-        }
-    }
-    let out = String::from_utf8_lossy(&out).replace("\r\n", "\n");
+    let out = read_pty(receiver.join().unwrap());
     assert_eq!(out, "/dev/pts/0\nhi\nboth-ttys\n");
     env.wait_status(&id, "stopped");
+    env.ok(&["delete", &id]);
+}
+
+#[test]
+fn exec_with_a_terminal_and_detached() {
+    skip_unless_root!();
+    let env = Env::new("proc-exectty");
+    let (id, _) = env.detach("e", &sh_config("sleep 1000"));
+    let sock = env.dir.path().join("exec.sock");
+    let receiver = console_listener(&sock);
+    env.ok(&[
+        "exec",
+        "-t",
+        "-d",
+        "--console-socket",
+        sock.to_str().unwrap(),
+        &id,
+        "sh",
+        "-c",
+        "tty; test -t 0 && echo tty-in",
+    ]);
+    let out = read_pty(receiver.join().unwrap());
+    assert!(
+        out.starts_with("/dev/pts/") && out.ends_with("tty-in\n"),
+        "{out:?}"
+    );
+    // exec -d returns at once; the process is in the container's cgroup meanwhile.
+    let pidfile = env.dir.path().join("exec.pid");
+    env.ok(&[
+        "exec",
+        "-d",
+        "--pid-file",
+        pidfile.to_str().unwrap(),
+        &id,
+        "sleep",
+        "1000",
+    ]);
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let ps: Vec<i32> = serde_json::from_str(&env.ok(&["ps", "--format", "json", &id])).unwrap();
+    assert!(ps.contains(&pid), "{pid} not in {ps:?}");
+    // kill --all reaches every process of the container, the exec'd one too.
+    env.ok(&["kill", "--all", &id, "KILL"]);
+    env.wait_status(&id, "stopped");
+    for _ in 0..200 {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        st.is_empty() || st.split(' ').nth(2) == Some("Z"),
+        "exec'd process survived: {st}"
+    );
     env.ok(&["delete", &id]);
 }

@@ -174,10 +174,17 @@ fn stage1(chan: &mut Channel, cfg: &InitConfig) -> Result<Never> {
         sys.unshare(flags)
             .sys_ctx(|| format!("unshare({flags:?})"))?;
     }
+    // Stage 2 must not talk on the channel before stage 1 has sent its pid (the runtime
+    // needs it for everything that follows): it waits for EOF on this pipe, which comes when
+    // stage 1 exits.
+    let (gate_rd, gate_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).sys_ctx(|| "pipe2".into())?;
     // SAFETY: this process is single-threaded (a fresh exec of cryo that started no threads).
     match unsafe { nix::unistd::fork() }.sys_ctx(|| "fork".into())? {
         ForkResult::Parent { child } => {
-            chan.send(&Msg::ChildPid(child.as_raw()))?;
+            drop(gate_rd);
+            let sent = chan.send(&Msg::ChildPid(child.as_raw()));
+            drop(gate_wr);
+            sent?;
             #[allow(
                 clippy::exit,
                 reason = "stage 1 ends here; stage 2 carries on as the init"
@@ -185,6 +192,12 @@ fn stage1(chan: &mut Channel, cfg: &InitConfig) -> Result<Never> {
             std::process::exit(0)
         }
         ForkResult::Child => {
+            drop(gate_wr);
+            let mut byte = [0u8; 1];
+            while let Err(nix::errno::Errno::EINTR) =
+                nix::unistd::read(gate_rd.as_raw_fd(), &mut byte)
+            {}
+            drop(gate_rd);
             let e = match stage2(chan, cfg) {
                 Ok(never) => match never {},
                 Err(e) => e,

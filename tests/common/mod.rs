@@ -259,3 +259,52 @@ pub fn sh_config(script: &str) -> Value {
 pub fn cgroup_path(name: &str) -> String {
     format!("/cryo-test/{name}-{}", std::process::id())
 }
+
+/// Listens on a console socket and returns the pty master fd the runtime sends over
+/// SCM_RIGHTS (runc's protocol: the pty's name as the data).
+pub fn console_listener(path: &Path) -> std::thread::JoinHandle<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::net::UnixListener;
+
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+
+    let listener = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || -> OwnedFd {
+        let (conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = recvmsg::<()>(
+            std::os::fd::AsRawFd::as_raw_fd(&conn),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        for c in msg.cmsgs().unwrap() {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                // SAFETY: the fd was just received and nothing else owns it.
+                return unsafe { OwnedFd::from_raw_fd(fds[0]) };
+            }
+        }
+        panic!("no fd received on the console socket");
+    })
+}
+
+/// Everything read from a pty master until the last slave closes, `\r\n` as `\n`.
+pub fn read_pty(master: std::os::fd::OwnedFd) -> String {
+    use std::io::Read;
+    let mut f = std::fs::File::from(master);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            // EIO: the slave side closed once the process exited.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+            Err(e) => panic!("reading the pty master: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&out).replace("\r\n", "\n")
+}
