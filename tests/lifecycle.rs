@@ -228,21 +228,7 @@ fn exec_runs_in_the_container() {
         "from-json\n7\n"
     );
     // detached exec writes a pid file of a process inside the container's pid namespace.
-    let pidfile = env.dir.path().join("exec.pid");
-    env.ok(&[
-        "exec",
-        "-d",
-        "--pid-file",
-        pidfile.to_str().unwrap(),
-        &id,
-        "sleep",
-        "1000",
-    ]);
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = env.exec_detached(&id, &["sleep", "1000"]);
     let init = env.state(&id)["pid"].as_i64().unwrap();
     let ns = |p: i64| std::fs::read_link(format!("/proc/{p}/ns/pid")).unwrap();
     assert_eq!(ns(pid as i64), ns(init));

@@ -229,21 +229,7 @@ fn exec_with_a_terminal_and_detached() {
         "{out:?}"
     );
     // exec -d returns at once; the process is in the container's cgroup meanwhile.
-    let pidfile = env.dir.path().join("exec.pid");
-    env.ok(&[
-        "exec",
-        "-d",
-        "--pid-file",
-        pidfile.to_str().unwrap(),
-        &id,
-        "sleep",
-        "1000",
-    ]);
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = env.exec_detached(&id, &["sleep", "1000"]);
     let ps: Vec<i32> = serde_json::from_str(&env.ok(&["ps", "--format", "json", &id])).unwrap();
     assert!(ps.contains(&pid), "{pid} not in {ps:?}");
     // kill --all reaches every process of the container, the exec'd one too.

@@ -244,6 +244,19 @@ impl Env {
         (id, pid)
     }
 
+    /// `exec -d --pid-file` of `args` in container `id`; returns the pid from the pid file.
+    pub fn exec_detached(&self, id: &str, args: &[&str]) -> i32 {
+        let pidfile = self.dir.path().join(format!("exec-{}.pid", args.join("-")));
+        let mut a = vec!["exec", "-d", "--pid-file", pidfile.to_str().unwrap(), id];
+        a.extend_from_slice(args);
+        self.ok(&a);
+        std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     /// Force-deletes a container and asserts it is gone.
     pub fn remove(&self, id: &str) {
         self.ok(&["delete", "--force", id]);
