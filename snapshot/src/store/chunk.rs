@@ -23,8 +23,12 @@ use crate::store::digest::ChunkDigest;
 
 /// Magic at the start of every chunk file.
 pub const CHUNK_MAGIC: [u8; 4] = *b"CRYC";
-/// Chunk file format version.
+/// Chunk file format version of chunks in codecs 0–2 (none, zstd, lz4).
 pub const CHUNK_VERSION: u8 = 1;
+/// Chunk file format version of [`Codec::Mixed`] chunks (version 1 readers refuse them).
+pub const CHUNK_VERSION_MIXED: u8 = 2;
+/// The page size [`Codec::Mixed`] classifies by.
+const MIXED_PAGE: usize = 4096;
 /// Size of the chunk file header.
 pub const CHUNK_HEADER_LEN: usize = 16;
 /// Largest raw chunk accepted (a limit checked before trusting a header's lengths).
@@ -40,6 +44,10 @@ pub enum Codec {
     Zstd,
     /// lz4 block (lz4_flex, no size prefix).
     Lz4,
+    /// Random-looking pages stored as is, the other pages as one zstd frame (see
+    /// [`encode_mixed`]): memory interleaves both, and compressing random pages costs time
+    /// for nothing.
+    Mixed,
 }
 
 impl Codec {
@@ -48,6 +56,7 @@ impl Codec {
             Codec::None => 0,
             Codec::Zstd => 1,
             Codec::Lz4 => 2,
+            Codec::Mixed => 3,
         }
     }
 
@@ -56,6 +65,7 @@ impl Codec {
             0 => Some(Codec::None),
             1 => Some(Codec::Zstd),
             2 => Some(Codec::Lz4),
+            3 => Some(Codec::Mixed),
             _ => None,
         }
     }
@@ -108,6 +118,82 @@ fn looks_incompressible(raw: &[u8]) -> bool {
     used >= 250 && max <= 48
 }
 
+/// Whether one page looks random: two 256-byte windows each hit at least 120 distinct byte
+/// values (uniform random data hits ~161; text and structured data far fewer).
+fn page_looks_random(page: &[u8]) -> bool {
+    const WINDOW: usize = 256;
+    if page.len() < WINDOW * 2 {
+        return false;
+    }
+    [0, page.len() - WINDOW].iter().all(|&at| {
+        let mut seen = [false; 256];
+        for &b in &page[at..at + WINDOW] {
+            seen[usize::from(b)] = true;
+        }
+        seen.iter().filter(|&&x| x).count() >= 120
+    })
+}
+
+fn zstd_compress(level: i32, raw: &[u8], out: &mut [u8]) -> Result<usize> {
+    ZSTD_C
+        .with(|c| -> std::io::Result<usize> {
+            let mut slot = c.borrow_mut();
+            let reuse = matches!(&*slot, Some((l, _)) if *l == level);
+            if !reuse {
+                *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+            }
+            match slot.as_mut() {
+                Some((_, comp)) => comp.compress_to_buffer(raw, out),
+                None => Err(std::io::Error::other("zstd context missing")),
+            }
+        })
+        .map_err(|e| Error::InvalidInput {
+            object: "chunk".into(),
+            reason: format!("zstd compression failed: {e}"),
+        })
+}
+
+/// The [`Codec::Mixed`] payload of `raw`, when it has both random and other pages:
+///
+/// ```text
+/// | bitmap: ceil(pages/8) B, bit i set = page i stored raw | zlen u32 LE |
+/// | zstd frame of the other pages in order (zlen B) | the raw pages in order |
+/// ```
+///
+/// Pages are 4 KiB; the last one may be shorter.
+fn encode_mixed(raw: &[u8], level: i32) -> Result<Option<Vec<u8>>> {
+    let pages: Vec<&[u8]> = raw.chunks(MIXED_PAGE).collect();
+    let random: Vec<bool> = pages.iter().map(|p| page_looks_random(p)).collect();
+    let n_random = random.iter().filter(|&&r| r).count();
+    if n_random == 0 || n_random == pages.len() {
+        return Ok(None);
+    }
+    let mut bitmap = vec![0u8; pages.len().div_ceil(8)];
+    let mut plain = Vec::with_capacity(raw.len());
+    for (i, (p, &r)) in pages.iter().zip(&random).enumerate() {
+        if r {
+            bitmap[i / 8] |= 1 << (i % 8);
+        } else {
+            plain.extend_from_slice(p);
+        }
+    }
+    let mut out = Vec::with_capacity(bitmap.len() + 4 + raw.len());
+    out.extend_from_slice(&bitmap);
+    out.extend_from_slice(&[0u8; 4]);
+    let zstart = out.len();
+    out.resize(zstart + zstd::zstd_safe::compress_bound(plain.len()), 0);
+    let zlen = zstd_compress(level, &plain, &mut out[zstart..])?;
+    out.truncate(zstart + zlen);
+    let zlen32 = u32::try_from(zlen).unwrap_or(u32::MAX);
+    out[zstart - 4..zstart].copy_from_slice(&zlen32.to_le_bytes());
+    for (p, &r) in pages.iter().zip(&random) {
+        if r {
+            out.extend_from_slice(p);
+        }
+    }
+    Ok(Some(out))
+}
+
 /// Encodes `raw` as a complete chunk file (header + payload) with `policy`.
 pub fn encode(raw: &[u8], policy: CodecPolicy) -> Result<(Vec<u8>, Codec)> {
     let raw_len = u32::try_from(raw.len()).map_err(|_| Error::InvalidInput {
@@ -118,27 +204,19 @@ pub fn encode(raw: &[u8], policy: CodecPolicy) -> Result<(Vec<u8>, Codec)> {
     out.extend_from_slice(&[0u8; CHUNK_HEADER_LEN]);
     let mut codec = match policy {
         _ if looks_incompressible(raw) => Codec::None,
-        CodecPolicy::Zstd(level) => {
-            let bound = zstd::zstd_safe::compress_bound(raw.len());
-            out.resize(CHUNK_HEADER_LEN + bound, 0);
-            let n = ZSTD_C.with(|c| -> std::io::Result<usize> {
-                let mut slot = c.borrow_mut();
-                let reuse = matches!(&*slot, Some((l, _)) if *l == level);
-                if !reuse {
-                    *slot = Some((level, zstd::bulk::Compressor::new(level)?));
-                }
-                match slot.as_mut() {
-                    Some((_, comp)) => comp.compress_to_buffer(raw, &mut out[CHUNK_HEADER_LEN..]),
-                    None => Err(std::io::Error::other("zstd context missing")),
-                }
-            });
-            let n = n.map_err(|e| Error::InvalidInput {
-                object: "chunk".into(),
-                reason: format!("zstd compression failed: {e}"),
-            })?;
-            out.truncate(CHUNK_HEADER_LEN + n);
-            Codec::Zstd
-        }
+        CodecPolicy::Zstd(level) => match encode_mixed(raw, level)? {
+            Some(payload) => {
+                out.extend_from_slice(&payload);
+                Codec::Mixed
+            }
+            None => {
+                let bound = zstd::zstd_safe::compress_bound(raw.len());
+                out.resize(CHUNK_HEADER_LEN + bound, 0);
+                let n = zstd_compress(level, raw, &mut out[CHUNK_HEADER_LEN..])?;
+                out.truncate(CHUNK_HEADER_LEN + n);
+                Codec::Zstd
+            }
+        },
         CodecPolicy::Lz4 => {
             let bound = lz4_flex::block::get_maximum_output_size(raw.len());
             out.resize(CHUNK_HEADER_LEN + bound, 0);
@@ -163,7 +241,11 @@ pub fn encode(raw: &[u8], policy: CodecPolicy) -> Result<(Vec<u8>, Codec)> {
     }
     let stored_len = u32::try_from(out.len() - CHUNK_HEADER_LEN).unwrap_or(u32::MAX);
     out[0..4].copy_from_slice(&CHUNK_MAGIC);
-    out[4] = CHUNK_VERSION;
+    out[4] = if codec == Codec::Mixed {
+        CHUNK_VERSION_MIXED
+    } else {
+        CHUNK_VERSION
+    };
     out[5] = codec.to_byte();
     out[8..12].copy_from_slice(&raw_len.to_le_bytes());
     out[12..16].copy_from_slice(&stored_len.to_le_bytes());
@@ -209,14 +291,21 @@ pub fn parse_header(
     if header.len() < CHUNK_HEADER_LEN || header[0..4] != CHUNK_MAGIC {
         return Err(ctx.corrupt("bad magic (not a chunk file)"));
     }
-    if header[4] != CHUNK_VERSION {
+    if header[4] != CHUNK_VERSION && header[4] != CHUNK_VERSION_MIXED {
         return Err(ctx.corrupt(format!(
-            "chunk format version {} is not supported (this build reads {CHUNK_VERSION})",
+            "chunk format version {} is not supported (this build reads {CHUNK_VERSION} and \
+             {CHUNK_VERSION_MIXED})",
             header[4]
         )));
     }
     let codec = Codec::from_byte(header[5])
         .ok_or_else(|| ctx.corrupt(format!("unknown codec {}", header[5])))?;
+    if (codec == Codec::Mixed) != (header[4] == CHUNK_VERSION_MIXED) {
+        return Err(ctx.corrupt(format!(
+            "codec {} does not belong to chunk format version {}",
+            header[5], header[4]
+        )));
+    }
     let raw_len = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
     let stored_len = u32::from_le_bytes([header[12], header[13], header[14], header[15]]);
     let raw_len = usize::try_from(raw_len).map_err(|_| ctx.corrupt("raw length overflows"))?;
@@ -275,23 +364,8 @@ fn decode_unchecked(
     }
     match hdr.codec {
         Codec::None => out.copy_from_slice(payload),
-        Codec::Zstd => {
-            let n = ZSTD_D
-                .with(|d| -> std::io::Result<usize> {
-                    let mut slot = d.borrow_mut();
-                    if slot.is_none() {
-                        *slot = Some(zstd::bulk::Decompressor::new()?);
-                    }
-                    match slot.as_mut() {
-                        Some(dec) => dec.decompress_to_buffer(payload, out),
-                        None => Err(std::io::Error::other("zstd context missing")),
-                    }
-                })
-                .map_err(|e| ctx.corrupt(format!("zstd: {e}")))?;
-            if n != out.len() {
-                return Err(ctx.corrupt(format!("zstd produced {n} bytes, expected {}", out.len())));
-            }
-        }
+        Codec::Zstd => zstd_decompress(ctx, payload, out)?,
+        Codec::Mixed => decode_mixed(ctx, payload, out)?,
         Codec::Lz4 => {
             let n = lz4_flex::block::decompress_into(payload, out)
                 .map_err(|e| ctx.corrupt(format!("lz4: {e}")))?;
@@ -299,6 +373,69 @@ fn decode_unchecked(
                 return Err(ctx.corrupt(format!("lz4 produced {n} bytes, expected {}", out.len())));
             }
         }
+    }
+    Ok(())
+}
+
+fn zstd_decompress(ctx: &ChunkCtx<'_>, payload: &[u8], out: &mut [u8]) -> Result<()> {
+    let n = ZSTD_D
+        .with(|d| -> std::io::Result<usize> {
+            let mut slot = d.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(zstd::bulk::Decompressor::new()?);
+            }
+            match slot.as_mut() {
+                Some(dec) => dec.decompress_to_buffer(payload, out),
+                None => Err(std::io::Error::other("zstd context missing")),
+            }
+        })
+        .map_err(|e| ctx.corrupt(format!("zstd: {e}")))?;
+    if n != out.len() {
+        return Err(ctx.corrupt(format!("zstd produced {n} bytes, expected {}", out.len())));
+    }
+    Ok(())
+}
+
+/// Inverse of [`encode_mixed`]: every length is checked against `out` before use.
+fn decode_mixed(ctx: &ChunkCtx<'_>, payload: &[u8], out: &mut [u8]) -> Result<()> {
+    let n_pages = out.len().div_ceil(MIXED_PAGE);
+    let bm_len = n_pages.div_ceil(8);
+    if payload.len() < bm_len + 4 {
+        return Err(ctx.corrupt("mixed payload shorter than its page map"));
+    }
+    let (bitmap, rest) = payload.split_at(bm_len);
+    let zlen = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+    let zlen = usize::try_from(zlen).map_err(|_| ctx.corrupt("zstd length overflows"))?;
+    let rest = &rest[4..];
+    if zlen > rest.len() {
+        return Err(ctx.corrupt("mixed payload shorter than its zstd frame"));
+    }
+    let (frame, mut raw_pages) = rest.split_at(zlen);
+    let is_raw = |i: usize| bitmap[i / 8] & (1 << (i % 8)) != 0;
+    let plain_len: usize = out
+        .chunks(MIXED_PAGE)
+        .enumerate()
+        .filter(|(i, _)| !is_raw(*i))
+        .map(|(_, p)| p.len())
+        .sum();
+    let mut plain = vec![0u8; plain_len];
+    zstd_decompress(ctx, frame, &mut plain)?;
+    let mut plain_at = 0;
+    for (i, page) in out.chunks_mut(MIXED_PAGE).enumerate() {
+        let len = page.len();
+        if is_raw(i) {
+            if raw_pages.len() < len {
+                return Err(ctx.corrupt("mixed payload shorter than its raw pages"));
+            }
+            page.copy_from_slice(&raw_pages[..len]);
+            raw_pages = &raw_pages[len..];
+        } else {
+            page.copy_from_slice(&plain[plain_at..plain_at + len]);
+            plain_at += len;
+        }
+    }
+    if !raw_pages.is_empty() {
+        return Err(ctx.corrupt("mixed payload longer than its pages"));
     }
     Ok(())
 }
@@ -388,12 +525,79 @@ mod tests {
         assert_eq!(ctx_round_trip(&random, CodecPolicy::Zstd(1)), Codec::None);
     }
 
+    fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[3]
+            })
+            .collect()
+    }
+
+    /// Random and text pages interleaved, the last page short.
+    fn mixed_chunk() -> Vec<u8> {
+        let mut v = Vec::new();
+        for i in 0..15 {
+            if i % 3 == 0 {
+                v.extend(random_bytes(4096, i + 1));
+            } else {
+                v.extend(b"page of text ".iter().copied().cycle().take(4096));
+            }
+        }
+        v.extend(random_bytes(1000, 99));
+        v
+    }
+
+    #[test]
+    fn mixed_chunks_store_random_pages_raw() {
+        let raw = mixed_chunk();
+        assert_eq!(ctx_round_trip(&raw, CodecPolicy::Zstd(3)), Codec::Mixed);
+        let (file, _) = encode(&raw, CodecPolicy::Zstd(3)).unwrap();
+        assert_eq!(file[4], CHUNK_VERSION_MIXED);
+        // 6 random pages (5 full, one of 1000 bytes) stay raw; the text shrinks to little.
+        assert!(file.len() < 5 * 4096 + 1000 + 2048, "{}", file.len());
+        assert!(page_looks_random(&random_bytes(4096, 5)));
+        assert!(!page_looks_random(&[7u8; 4096]));
+        // A mixed codec under version 1 is refused, as is a truncated mixed payload.
+        let digest = ChunkDigest::of(&raw);
+        let ctx = ChunkCtx {
+            snapshot: "sha256:m",
+            digest: &digest,
+        };
+        let mut v1 = file.clone();
+        v1[4] = CHUNK_VERSION;
+        let err = parse_header(&ctx, &v1, raw.len(), v1.len() as u64).unwrap_err();
+        assert!(err.to_string().contains("does not belong"), "{err}");
+        let hdr = parse_header(&ctx, &file, raw.len(), file.len() as u64).unwrap();
+        let mut out = vec![0u8; raw.len()];
+        let short = ChunkHeader {
+            stored_len: 3,
+            ..hdr
+        };
+        assert!(decode_into(
+            &ctx,
+            &short,
+            &file[CHUNK_HEADER_LEN..CHUNK_HEADER_LEN + 3],
+            &mut out
+        )
+        .is_err());
+    }
+
     #[test]
     fn flipped_byte_is_an_error_naming_the_chunk() {
         let text: Vec<u8> = b"abcabcabd ".iter().copied().cycle().take(8192).collect();
-        for policy in [CodecPolicy::Zstd(3), CodecPolicy::Lz4, CodecPolicy::None] {
-            let (file, _) = encode(&text, policy).unwrap();
-            let digest = ChunkDigest::of(&text);
+        let mixed = mixed_chunk();
+        for (text, policy) in [
+            (&text, CodecPolicy::Zstd(3)),
+            (&text, CodecPolicy::Lz4),
+            (&text, CodecPolicy::None),
+            (&mixed, CodecPolicy::Zstd(3)),
+        ] {
+            let (file, _) = encode(text, policy).unwrap();
+            let digest = ChunkDigest::of(text);
             let ctx = ChunkCtx {
                 snapshot: "sha256:s",
                 digest: &digest,
