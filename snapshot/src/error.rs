@@ -141,6 +141,17 @@ pub enum Error {
         /// The pid recorded by the reader, 0 if unknown.
         pid: u32,
     },
+    /// CRIU could not be found or run, or refused an operation. `log` holds the error lines
+    /// of CRIU's log (see [`crate::criu::log_excerpt`]); callers print them under the message.
+    #[error("{op}: {message}")]
+    Criu {
+        /// What was being done ("locate", "version", "criu", "rpc", ...).
+        op: &'static str,
+        /// CRIU's own message (`cr_errmsg`, errno) or what went wrong talking to it.
+        message: String,
+        /// The relevant lines of CRIU's log.
+        log: Vec<String>,
+    },
     /// The store directory has a layout this build does not know.
     #[error("{}: store layout {found:?} is not supported (this build uses {supported:?})", path.display())]
     UnsupportedStore {
@@ -154,6 +165,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// The log lines attached to a CRIU failure (empty for every other error).
+    pub fn criu_log(&self) -> &[String] {
+        match self {
+            Error::Criu { log, .. } => log,
+            _ => &[],
+        }
+    }
+
     /// An [`Error::Io`] for `path`.
     pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str, source: std::io::Error) -> Self {
         Error::Io {

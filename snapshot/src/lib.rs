@@ -1,7 +1,7 @@
 //! cryo-snapshot: cryo's snapshot engine. This crate owns the snapshot store (`store`):
 //! content-addressed, zero-eliding, compressed, verified memory images with mutable names,
 //! working-set sidecars and garbage collection (format: docs/FORMAT.md). It knows nothing of
-//! containers; the CRIU driver and GPU checkpointing build on it.
+//! containers; the CRIU driver (`criu`: dump and restore of a process tree over CRIU's RPC) and GPU checkpointing build on it.
 //!
 //! ```no_run
 //! # fn main() -> cryo_snapshot::Result<()> {
@@ -16,6 +16,7 @@
 //! # let _ = id; Ok(()) }
 //! ```
 
+pub mod criu;
 pub mod error;
 pub mod store;
 pub mod workload;

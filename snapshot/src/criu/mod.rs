@@ -1,0 +1,288 @@
+//! The CRIU driver: finds a CRIU binary new enough (>= 4.0) and drives it over its RPC
+//! (`criu swrk`), dumping and restoring a process tree given its root pid.
+//!
+//! This module knows nothing of containers: the caller builds the [`rpc::CriuOpts`] (root,
+//! external mounts, cgroup mode) and answers CRIU's notifications through a [`Notify`]
+//! handler. The protocol ([`swrk`]) is one datagram of bare protobuf per message over a
+//! `SOCK_SEQPACKET` socketpair; CRIU resolves the caller's fds (`images_dir_fd`, `work_dir_fd`)
+//! through `/proc/<caller>/fd`, so they only need to stay open in this process.
+
+pub mod rpc;
+mod swrk;
+
+use std::fmt;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+pub use swrk::Session;
+
+use crate::{Error, Result};
+
+/// Where `scripts/setup` installs a CRIU that works on this project's machines (trixie's 4.1).
+pub const REFS_CRIU: &str = "/var/cache/cryo/refs/bin/criu";
+
+/// The oldest CRIU this driver speaks to (its RPC, pidfd store and lazy-pages protocol).
+pub const MIN_VERSION: Version = Version {
+    major: 4,
+    minor: 0,
+    sublevel: 0,
+};
+
+/// A CRIU version, as `criu --version` prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version {
+    /// Major number.
+    pub major: u32,
+    /// Minor number.
+    pub minor: u32,
+    /// Sublevel (0 when absent).
+    pub sublevel: u32,
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.sublevel)
+    }
+}
+
+impl Version {
+    /// Parses the output of `criu --version` (`Version: 4.1.1`, maybe followed by `GitID: ...`).
+    pub fn parse_output(out: &str) -> Option<Version> {
+        let line = out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Version:"))?;
+        let mut parts = line.trim().split('.').map(|p| p.trim().parse::<u32>());
+        let major = parts.next()?.ok()?;
+        let minor = parts.next().unwrap_or(Ok(0)).ok()?;
+        let sublevel = parts.next().unwrap_or(Ok(0)).ok()?;
+        Some(Version {
+            major,
+            minor,
+            sublevel,
+        })
+    }
+
+    /// Whether CRIU's page-server header carries a 64-bit page count (4.2 and later: 32 bytes)
+    /// instead of a 32-bit one (4.0 to 4.1: 24 bytes).
+    pub fn wide_page_server_header(&self) -> bool {
+        (self.major, self.minor) >= (4, 2)
+    }
+}
+
+/// A CRIU binary that answered `--version` with a version this driver supports.
+#[derive(Debug, Clone)]
+pub struct Criu {
+    path: PathBuf,
+    version: Version,
+}
+
+impl Criu {
+    /// Finds CRIU: `explicit` if given, else `$CRYO_CRIU`, else [`REFS_CRIU`] if it exists, else
+    /// `criu` on `PATH`. Refuses a CRIU older than [`MIN_VERSION`] with an error that names it.
+    pub fn locate(explicit: Option<&Path>) -> Result<Criu> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None => match std::env::var_os("CRYO_CRIU") {
+                Some(p) if !p.is_empty() => PathBuf::from(p),
+                _ if Path::new(REFS_CRIU).exists() => PathBuf::from(REFS_CRIU),
+                _ => find_on_path("criu").ok_or_else(|| Error::Criu {
+                    op: "locate",
+                    message: format!(
+                        "no criu binary: not at {REFS_CRIU}, not on PATH, CRYO_CRIU unset \
+                         (scripts/setup installs one)"
+                    ),
+                    log: Vec::new(),
+                })?,
+            },
+        };
+        Criu::at(path)
+    }
+
+    /// Uses the CRIU binary at `path`, after checking its version.
+    pub fn at(path: impl Into<PathBuf>) -> Result<Criu> {
+        let path = path.into();
+        let out = std::process::Command::new(&path)
+            .arg("--version")
+            .output()
+            .map_err(|e| Error::io(&path, "run --version", e))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = Version::parse_output(&text).ok_or_else(|| Error::Criu {
+            op: "version",
+            message: format!(
+                "{}: `--version` printed {:?}, expected `Version: X.Y[.Z]`",
+                path.display(),
+                text.trim()
+            ),
+            log: Vec::new(),
+        })?;
+        if version < MIN_VERSION {
+            return Err(Error::Criu {
+                op: "version",
+                message: format!(
+                    "{} is CRIU {version}; cryo needs {MIN_VERSION} or newer (scripts/setup \
+                     installs one at {REFS_CRIU})",
+                    path.display()
+                ),
+                log: Vec::new(),
+            });
+        }
+        Ok(Criu { path, version })
+    }
+
+    /// The binary's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The binary's version.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Starts a `criu swrk` session. Most callers want [`Criu::dump`] or [`Criu::restore`].
+    pub fn session(&self) -> Result<Session> {
+        Session::start(&self.path)
+    }
+
+    /// Dumps the process tree described by `opts` (its `pid`, images and work dir fds),
+    /// answering CRIU's notifications through `notify`. `log` names the log file in the work
+    /// dir whose error lines are attached to a failure.
+    pub fn dump(&self, opts: rpc::CriuOpts, notify: &mut dyn Notify) -> Result<DumpOutcome> {
+        let resp = self
+            .session()?
+            .request(rpc::CriuReqType::Dump, opts, notify)?;
+        Ok(DumpOutcome {
+            restored: resp.dump.and_then(|d| d.restored).unwrap_or(false),
+        })
+    }
+
+    /// Restores the process tree whose images `opts` names and returns the pid of its root
+    /// task (with `rst_sibling`, a child of this process).
+    pub fn restore(&self, opts: rpc::CriuOpts, notify: &mut dyn Notify) -> Result<i32> {
+        let resp = self
+            .session()?
+            .request(rpc::CriuReqType::Restore, opts, notify)?;
+        resp.restore.map(|r| r.pid).ok_or_else(|| Error::Criu {
+            op: "restore",
+            message: "CRIU reported success without a pid".into(),
+            log: Vec::new(),
+        })
+    }
+}
+
+/// What a dump reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DumpOutcome {
+    /// CRIU's `restored` flag: the dump is an auto-dedup'd one that was restored in place.
+    pub restored: bool,
+}
+
+/// One notification from CRIU (its "action scripts"): `script` is the phase name
+/// (`pre-dump`, `post-dump`, `network-lock`, `setup-namespaces`, `post-restore`,
+/// `orphan-pts-master`, `status-ready`, ...).
+#[derive(Debug)]
+pub struct Notification<'a> {
+    /// The phase.
+    pub script: &'a str,
+    /// The pid CRIU attached (the restored root task at `setup-namespaces`/`post-restore`).
+    pub pid: Option<i32>,
+    /// A file descriptor passed with the message (the pty master at `orphan-pts-master`).
+    pub fd: Option<OwnedFd>,
+}
+
+/// Answers CRIU's notifications. An `Err` makes CRIU abort the operation; the message is
+/// reported with CRIU's error.
+pub trait Notify {
+    /// Handles one notification.
+    fn notify(&mut self, n: Notification<'_>) -> std::result::Result<(), String>;
+}
+
+/// Accepts every notification.
+impl Notify for () {
+    fn notify(&mut self, _: Notification<'_>) -> std::result::Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The lines of a CRIU log worth showing a user: its `Error` lines (with a few lines before
+/// the first), or its last lines when it has none. Empty when the log cannot be read.
+pub fn log_excerpt(path: &Path) -> Vec<String> {
+    const KEEP: usize = 12;
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let errors: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("Error") || l.contains("error"))
+        .map(|(i, _)| i)
+        .collect();
+    let picked: Vec<&str> = match errors.first() {
+        Some(&first) => {
+            let start = first.saturating_sub(2);
+            let mut v: Vec<&str> = lines[start..first].to_vec();
+            v.extend(errors.iter().map(|&i| lines[i]));
+            v
+        }
+        None => lines[lines.len().saturating_sub(KEEP)..].to_vec(),
+    };
+    let skip = picked.len().saturating_sub(KEEP);
+    picked[skip..].iter().map(|l| l.to_string()).collect()
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_parses_criu_output() {
+        let v = Version::parse_output("Version: 4.1.1\n").unwrap();
+        assert_eq!(v.to_string(), "4.1.1");
+        let v = Version::parse_output("Version: 3.17\nGitID: v3.17-12\n").unwrap();
+        assert_eq!((v.major, v.minor, v.sublevel), (3, 17, 0));
+        assert!(v < MIN_VERSION);
+        assert!(Version::parse_output("criu: unknown option").is_none());
+        assert!(!Version::parse_output("Version: 4.1.1")
+            .unwrap()
+            .wide_page_server_header());
+        assert!(Version::parse_output("Version: 4.2")
+            .unwrap()
+            .wide_page_server_header());
+    }
+
+    #[test]
+    fn log_excerpt_prefers_error_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("dump.log");
+        let mut text = String::new();
+        for i in 0..40 {
+            text.push_str(&format!("(00.0{i}) line {i}\n"));
+        }
+        text.push_str("(00.1) Error (criu/cr-dump.c:1): Dumping FAILED.\n");
+        std::fs::write(&log, text).unwrap();
+        let ex = log_excerpt(&log);
+        assert_eq!(ex.len(), 3, "{ex:?}");
+        assert!(ex[2].contains("Dumping FAILED"));
+        assert!(log_excerpt(&dir.path().join("missing.log")).is_empty());
+    }
+
+    #[test]
+    fn too_old_criu_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("criu");
+        std::fs::write(&fake, "#!/bin/sh\necho 'Version: 3.17'\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let err = Criu::at(&fake).unwrap_err().to_string();
+        assert!(err.contains("3.17.0") && err.contains("4.0.0"), "{err}");
+        assert!(err.contains(&fake.display().to_string()), "{err}");
+    }
+}
