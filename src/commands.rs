@@ -153,6 +153,63 @@ pub enum Command {
         #[arg(long, default_value = "5s")]
         interval: String,
     },
+    /// Checkpoint a running container with CRIU (runc's flags).
+    Checkpoint {
+        /// Container id.
+        id: String,
+        /// Directory for the images (default: ./checkpoint).
+        #[arg(long = "image-path", default_value = "checkpoint")]
+        image_path: PathBuf,
+        /// Directory for CRIU's log and work files (default: the image directory).
+        #[arg(long = "work-path")]
+        work_path: Option<PathBuf>,
+        /// Leave the container running after the checkpoint.
+        #[arg(long = "leave-running")]
+        leave_running: bool,
+        /// Lazy migration through a page server (not supported yet: cryo's own lazy restore
+        /// comes from the snapshot store).
+        #[arg(long = "lazy-pages")]
+        lazy_pages: bool,
+        /// Accepted for runc compatibility; pre-dumps need soft-dirty tracking.
+        #[arg(long = "pre-dump")]
+        pre_dump: bool,
+        #[command(flatten)]
+        criu: CriuArgs,
+    },
+    /// Restore a container from a checkpoint (runc's flags).
+    Restore {
+        /// Container id.
+        id: String,
+        /// Directory of the images (default: ./checkpoint).
+        #[arg(long = "image-path", default_value = "checkpoint")]
+        image_path: PathBuf,
+        /// Directory for CRIU's log (default: the image directory).
+        #[arg(long = "work-path")]
+        work_path: Option<PathBuf>,
+        /// Bundle directory (default: current directory).
+        #[arg(short, long)]
+        bundle: Option<PathBuf>,
+        /// Do not wait for the restored container.
+        #[arg(short, long)]
+        detach: bool,
+        /// Write the restored init's pid to this file.
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        /// Unix socket that receives the pty master of a restored terminal.
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        /// Accepted for runc compatibility (CRIU restores the root itself).
+        #[arg(long = "no-pivot")]
+        no_pivot: bool,
+        /// Accepted for runc compatibility.
+        #[arg(long = "no-subreaper")]
+        no_subreaper: bool,
+        /// Lazy restore (not supported yet).
+        #[arg(long = "lazy-pages")]
+        lazy_pages: bool,
+        #[command(flatten)]
+        criu: CriuArgs,
+    },
     /// Internal: the container's init.
     #[command(hide = true)]
     Init,
@@ -178,6 +235,56 @@ pub struct CreateArgs {
     /// Pass N extra fds (3..3+N) to the container.
     #[arg(long = "preserve-fds", default_value_t = 0)]
     preserve_fds: i32,
+}
+
+/// The CRIU flags checkpoint and restore share with runc.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CriuArgs {
+    /// Allow open TCP connections.
+    #[arg(long = "tcp-established")]
+    tcp_established: bool,
+    /// Allow external unix sockets.
+    #[arg(long = "ext-unix-sk")]
+    ext_unix_sk: bool,
+    /// Allow shell jobs.
+    #[arg(long = "shell-job")]
+    shell_job: bool,
+    /// Handle file locks.
+    #[arg(long = "file-locks")]
+    file_locks: bool,
+    /// cgroups mode: soft (default), full, strict or ignore.
+    #[arg(long = "manage-cgroups-mode", default_value = "soft")]
+    manage_cgroups_mode: String,
+    /// Namespaces to leave empty: network.
+    #[arg(long = "empty-ns")]
+    empty_ns: Vec<String>,
+    /// Accepted for runc compatibility.
+    #[arg(long = "auto-dedup")]
+    auto_dedup: bool,
+    /// The CRIU binary (default: $CRYO_CRIU, /var/cache/cryo/refs/bin/criu, then PATH).
+    #[arg(long)]
+    criu: Option<PathBuf>,
+}
+
+impl CriuArgs {
+    fn flags(&self) -> Result<cryo_runtime::CriuFlags> {
+        let mut empty_ns = 0u32;
+        for ns in &self.empty_ns {
+            match ns.as_str() {
+                "network" | "net" => empty_ns |= libc::CLONE_NEWNET as u32,
+                other => bail!("--empty-ns {other:?}: only \"network\" is supported"),
+            }
+        }
+        Ok(cryo_runtime::CriuFlags {
+            tcp_established: self.tcp_established,
+            ext_unix_sk: self.ext_unix_sk,
+            shell_job: self.shell_job,
+            file_locks: self.file_locks,
+            cgroups_mode: self.manage_cgroups_mode.parse()?,
+            empty_ns,
+            criu: self.criu.as_ref().map(|p| absolute(p)),
+        })
+    }
 }
 
 impl CreateArgs {
@@ -256,6 +363,57 @@ pub fn run(cli: &Cli) -> Result<u8> {
             keep,
         } => return run::run(&rt, id, &opts.options(), *detach, *keep),
         Command::Exec(args) => return run::exec(&rt, args),
+        Command::Checkpoint {
+            id,
+            image_path,
+            work_path,
+            leave_running,
+            lazy_pages,
+            pre_dump,
+            criu,
+        } => {
+            if *lazy_pages || *pre_dump {
+                bail!(
+                    "checkpoint: --lazy-pages and --pre-dump are not supported yet \
+                     (pre-dumps need soft-dirty page tracking)"
+                );
+            }
+            rt.checkpoint(
+                id,
+                &cryo_runtime::CheckpointOptions {
+                    image_path: absolute(image_path),
+                    work_path: work_path.as_ref().map(|p| absolute(p)),
+                    leave_running: *leave_running,
+                    flags: criu.flags()?,
+                },
+            )?;
+        }
+        Command::Restore {
+            id,
+            image_path,
+            work_path,
+            bundle,
+            detach,
+            pid_file,
+            console_socket,
+            no_pivot: _,
+            no_subreaper: _,
+            lazy_pages,
+            criu,
+        } => {
+            if *lazy_pages {
+                bail!("restore: --lazy-pages is not supported yet");
+            }
+            let opts = cryo_runtime::RestoreOptions {
+                image_path: absolute(image_path),
+                work_path: work_path.as_ref().map(|p| absolute(p)),
+                bundle: bundle.clone().unwrap_or_default(),
+                pid_file: pid_file.as_ref().map(|p| absolute(p)),
+                console_socket: console_socket.clone(),
+                flags: criu.flags()?,
+            };
+            return run::restore(&rt, id, &opts, *detach);
+        }
         Command::Ps {
             id,
             format,

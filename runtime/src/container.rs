@@ -74,7 +74,7 @@ pub struct ExecOptions {
     pub preserve_fds: i32,
 }
 
-fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     // runc writes the pid file atomically: containerd reads it as soon as create returns.
     let tmp = path.with_extension("cryo-tmp");
     fs::write(&tmp, pid.to_string()).io_ctx(&tmp)?;
@@ -490,7 +490,7 @@ impl Runtime {
         Ok((dir, st, status))
     }
 
-    fn status_of(&self, dir: &StateDir, st: &ContainerState) -> Status {
+    pub(crate) fn status_of(&self, dir: &StateDir, st: &ContainerState) -> Status {
         if !state::process_alive(st.pid, st.pid_start) {
             return Status::Stopped;
         }
@@ -593,6 +593,19 @@ impl Runtime {
     /// a running one first.
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
         let (dir, st, status) = self.load(id)?;
+        self.delete_loaded(dir, &st, status, force)
+    }
+
+    /// `delete` for a container already loaded (and its state directory locked) by the caller.
+    pub(crate) fn delete_loaded(
+        &self,
+        dir: StateDir,
+        st: &ContainerState,
+        status: Status,
+        force: bool,
+    ) -> Result<()> {
+        let id = dir.id().to_string();
+        let id = id.as_str();
         match status {
             Status::Stopped | Status::Created => {}
             _ if force => {}

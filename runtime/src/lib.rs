@@ -13,6 +13,7 @@
 
 pub mod cgroups;
 pub mod channel;
+pub mod checkpoint;
 pub mod console;
 pub mod container;
 pub mod error;
@@ -25,6 +26,7 @@ pub mod spec;
 pub mod state;
 pub mod syscall;
 
+pub use checkpoint::{CgroupsMode, CheckpointOptions, CriuFlags, RestoreOptions};
 pub use container::{CreateOptions, ExecOptions, InitBinary, Runtime};
 pub use error::{Error, Result};
 pub use state::{OciState, Status};

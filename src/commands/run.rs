@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use cryo_runtime::{CreateOptions, ExecOptions, Runtime};
+use cryo_runtime::{CreateOptions, ExecOptions, RestoreOptions, Runtime};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -145,6 +145,20 @@ pub fn run(rt: &Runtime, id: &str, opts: &CreateOptions, detach: bool, keep: boo
     if !keep {
         rt.delete(id, true)?;
     }
+    Ok(code)
+}
+
+/// `restore`: like `run` for a checkpointed container: wait and delete unless detached.
+pub fn restore(rt: &Runtime, id: &str, opts: &RestoreOptions, detach: bool) -> Result<u8> {
+    if !detach {
+        prepare_wait()?;
+    }
+    let pid = rt.restore(id, opts)?;
+    if detach {
+        return Ok(0);
+    }
+    let code = wait_forwarding(pid)?;
+    rt.delete(id, true)?;
     Ok(code)
 }
 

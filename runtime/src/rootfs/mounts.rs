@@ -293,6 +293,55 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The path of a process's cgroup in the hierarchy of `controllers` (`cpu,cpuacct`, `""` for
+/// v2), from the text of /proc/PID/cgroup.
+fn own_cgroup_path(own: &str, controllers: &str) -> Option<String> {
+    own.lines().find_map(|l| {
+        let mut it = l.splitn(3, ':');
+        let _id = it.next()?;
+        let ctrls = it.next()?;
+        let path = it.next()?;
+        (ctrls == controllers).then(|| path.to_string())
+    })
+}
+
+/// The cgroup v1 hierarchies among `mounts` (cgroup mounts under /sys/fs/cgroup).
+pub fn v1_hierarchies(mounts: &[MountInfo]) -> Vec<&MountInfo> {
+    mounts
+        .iter()
+        .filter(|m| m.fstype == "cgroup" && m.mount_point.starts_with("/sys/fs/cgroup"))
+        .collect()
+}
+
+/// For each v1 hierarchy, the name of its directory under the container's /sys/fs/cgroup and
+/// the host directory bound there: the process's own cgroup in that hierarchy (`own` is the
+/// text of its /proc/PID/cgroup). Checkpoint and restore name these binds to CRIU.
+pub fn v1_binds(hierarchies: &[&MountInfo], own: &str) -> Vec<(PathBuf, PathBuf)> {
+    let mut out = Vec::new();
+    for m in hierarchies {
+        let controllers: Vec<&str> = m
+            .super_options
+            .split(',')
+            .filter(|o| !matches!(*o, "rw" | "ro") && !o.starts_with("release_agent"))
+            .collect();
+        let key = controllers.join(",");
+        let Some(own) = own_cgroup_path(own, &key) else {
+            continue;
+        };
+        // The hierarchy's mount may itself be rooted below /: strip that root.
+        let rel = own
+            .strip_prefix(m.root.trim_end_matches('/'))
+            .unwrap_or(&own)
+            .trim_start_matches('/')
+            .to_string();
+        let Some(name) = m.mount_point.file_name() else {
+            continue;
+        };
+        out.push((PathBuf::from(name), m.mount_point.join(rel)));
+    }
+    out
+}
+
 /// Mounts the cgroup filesystem at `target` for the container. With cgroup v1 this is a tmpfs
 /// holding one bind mount per hierarchy, each showing only the container's own cgroup (as
 /// runc does); with cgroup v2, the unified hierarchy at the container's cgroup.
@@ -303,23 +352,11 @@ fn mount_cgroup(sys: &dyn Syscall, target: &Path, opts: &MountOptions, field: &s
     let mounts = parse_mountinfo(&mountinfo);
     let own =
         fs::read_to_string("/proc/self/cgroup").map_err(|e| Error::io("/proc/self/cgroup", e))?;
-    let own_path = |controllers: &str| -> Option<String> {
-        own.lines().find_map(|l| {
-            let mut it = l.splitn(3, ':');
-            let _id = it.next()?;
-            let ctrls = it.next()?;
-            let path = it.next()?;
-            (ctrls == controllers).then(|| path.to_string())
-        })
-    };
     let flags = opts.flags & !MsFlags::MS_RDONLY;
-    let v1: Vec<&MountInfo> = mounts
-        .iter()
-        .filter(|m| m.fstype == "cgroup" && m.mount_point.starts_with("/sys/fs/cgroup"))
-        .collect();
+    let v1 = v1_hierarchies(&mounts);
     if v1.is_empty() {
         // cgroup v2 only: bind the container's own cgroup directory.
-        let path = own_path("").unwrap_or_else(|| "/".into());
+        let path = own_cgroup_path(&own, "").unwrap_or_else(|| "/".into());
         let src = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
         sys.mount(
             Some(&src),
@@ -348,24 +385,8 @@ fn mount_cgroup(sys: &dyn Syscall, target: &Path, opts: &MountOptions, field: &s
         "{field}: mount tmpfs on {}",
         target.display()
     )))?;
-    for m in v1 {
-        let controllers: Vec<&str> = m
-            .super_options
-            .split(',')
-            .filter(|o| !matches!(*o, "rw" | "ro") && !o.starts_with("release_agent"))
-            .collect();
-        let key = controllers.join(",");
-        let Some(own) = own_path(&key) else { continue };
-        // The hierarchy's mount may itself be rooted below /: strip that root.
-        let rel = own
-            .strip_prefix(m.root.trim_end_matches('/'))
-            .unwrap_or(&own)
-            .trim_start_matches('/')
-            .to_string();
-        let src = m.mount_point.join(rel);
-        let Some(name) = m.mount_point.file_name() else {
-            continue;
-        };
+    for (name, src) in v1_binds(&v1, &own) {
+        let name = name.as_os_str();
         let dst = target.join(name);
         mkdir_all(&dst)?;
         sys.mount(

@@ -14,7 +14,7 @@ use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-pub use swrk::Session;
+pub use swrk::{Session, SpawnOptions};
 
 use crate::{Error, Result};
 
@@ -141,7 +141,12 @@ impl Criu {
 
     /// Starts a `criu swrk` session. Most callers want [`Criu::dump`] or [`Criu::restore`].
     pub fn session(&self) -> Result<Session> {
-        Session::start(&self.path)
+        Session::start(&self.path, &SpawnOptions::default())
+    }
+
+    /// Starts a `criu swrk` session with fds handed over and cgroups joined (a restore).
+    pub fn session_with(&self, spawn: &SpawnOptions<'_>) -> Result<Session> {
+        Session::start(&self.path, spawn)
     }
 
     /// Dumps the process tree described by `opts` (its `pid`, images and work dir fds),
@@ -159,9 +164,17 @@ impl Criu {
     /// Restores the process tree whose images `opts` names and returns the pid of its root
     /// task (with `rst_sibling`, a child of this process).
     pub fn restore(&self, opts: rpc::CriuOpts, notify: &mut dyn Notify) -> Result<i32> {
-        let resp = self
-            .session()?
-            .request(rpc::CriuReqType::Restore, opts, notify)?;
+        self.restore_in(self.session()?, opts, notify)
+    }
+
+    /// [`Criu::restore`] in a session started by [`Criu::session_with`].
+    pub fn restore_in(
+        &self,
+        session: Session,
+        opts: rpc::CriuOpts,
+        notify: &mut dyn Notify,
+    ) -> Result<i32> {
+        let resp = session.request(rpc::CriuReqType::Restore, opts, notify)?;
         resp.restore.map(|r| r.pid).ok_or_else(|| Error::Criu {
             op: "restore",
             message: "CRIU reported success without a pid".into(),
@@ -215,7 +228,7 @@ pub fn log_excerpt(path: &Path) -> Vec<String> {
     let errors: Vec<usize> = lines
         .iter()
         .enumerate()
-        .filter(|(_, l)| l.contains("Error") || l.contains("error"))
+        .filter(|(_, l)| (l.contains("Error") || l.contains("error")) && !is_noise(l))
         .map(|(i, _)| i)
         .collect();
     let picked: Vec<&str> = match errors.first() {
@@ -229,6 +242,22 @@ pub fn log_excerpt(path: &Path) -> Vec<String> {
     };
     let skip = picked.len().saturating_sub(KEEP);
     picked[skip..].iter().map(|l| l.to_string()).collect()
+}
+
+/// Errors CRIU logs that do not make an operation fail.
+pub(crate) fn is_noise(line: &str) -> bool {
+    line.contains("RLIMIT_NOFILE") || line.contains("cgroupd: recv req error")
+}
+
+/// The error line of a CRIU log that explains a failure: the first `Error` line that is not
+/// noise nor the closing "... FAILED." line, without its timestamp.
+pub fn primary_error(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.contains("Error") && !is_noise(l) && !l.contains("FAILED"))?;
+    let start = line.find("Error").unwrap_or(0);
+    Some(line[start..].trim().to_string())
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {

@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{IoSlice, IoSliceMut, Read, Seek, SeekFrom};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,11 +16,22 @@ use nix::sys::socket::{
 };
 use prost::Message;
 
-use super::{log_excerpt, rpc, Notification, Notify};
+use super::{is_noise, log_excerpt, primary_error, rpc, Notification, Notify};
 use crate::{Error, Result};
 
 /// Largest datagram accepted from CRIU; its answers are a few hundred bytes.
 const MAX_MESSAGE: usize = 1 << 20;
+
+/// How to start `criu swrk`: which of the caller's fds CRIU gets, and which cgroups it joins
+/// before it runs (a restored tree starts in CRIU's cgroups).
+#[derive(Debug, Default)]
+pub struct SpawnOptions<'a> {
+    /// `(fd number in CRIU, the caller's fd)`. 0–2 replace CRIU's stdio (default /dev/null;
+    /// a shell job needs the terminal); 3 is the RPC socket; 4 and up are for `inherit_fd`.
+    pub fds: Vec<(RawFd, BorrowedFd<'a>)>,
+    /// Files (cgroup v1 `tasks`, v2 `cgroup.procs`) into which CRIU writes `0` before exec.
+    pub join_cgroups: Vec<PathBuf>,
+}
 
 /// A running `criu swrk` child and the socket to it.
 #[derive(Debug)]
@@ -33,7 +44,29 @@ pub struct Session {
 }
 
 impl Session {
-    pub(crate) fn start(criu: &Path) -> Result<Session> {
+    pub(crate) fn start(criu: &Path, spawn: &SpawnOptions<'_>) -> Result<Session> {
+        // Everything the child does between fork and exec is prepared here: no allocation
+        // after fork.
+        let moves: Vec<(RawFd, RawFd)> = spawn
+            .fds
+            .iter()
+            .map(|(target, fd)| (*target, fd.as_raw_fd()))
+            .collect();
+        if let Some((t, _)) = moves.iter().find(|(t, _)| *t == 3 || *t < 0) {
+            return Err(Error::InvalidInput {
+                object: "criu swrk".into(),
+                reason: format!("fd {t} cannot be handed to CRIU (3 is its RPC socket)"),
+            });
+        }
+        let joins: Vec<std::ffi::CString> = spawn
+            .join_cgroups
+            .iter()
+            .map(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::InvalidInput {
+                object: "criu swrk".into(),
+                reason: "a cgroup path holds a NUL byte".into(),
+            })?;
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -51,15 +84,62 @@ impl Session {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr_for_child));
-        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+        for (target, fd) in &spawn.fds {
+            // Stdio the caller hands over replaces the /dev/null defaults above.
+            let dup = || {
+                fd.try_clone_to_owned()
+                    .map_err(|e| Error::io(criu, "dup", e))
+            };
+            match target {
+                0 => cmd.stdin(Stdio::from(dup()?)),
+                1 => cmd.stdout(Stdio::from(dup()?)),
+                2 => cmd.stderr(Stdio::from(dup()?)),
+                _ => &mut cmd,
+            };
+        }
+        // SAFETY: only async-signal-safe calls (open, write, close, dup2, fcntl) between fork
+        // and exec, on memory prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
+                for path in &joins {
+                    // Joining through `tasks` while single-threaded (see cryo-runtime's
+                    // cgroups): CRIU then restores the tree under these cgroups.
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(fd);
+                }
+                // Move the extra fds out of the way first so that no target overwrites a
+                // source still to be moved, then into place.
+                let mut high = [0; 64];
+                for (i, (_, src)) in moves
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (t, _))| *t > 3)
+                    .take(64)
+                {
+                    high[i] = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 100);
+                    if high[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if child_fd == 3 {
                     if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 } else if libc::dup2(child_fd, 3) < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                for (i, (target, _)) in moves
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (t, _))| *t > 3)
+                    .take(64)
+                {
+                    if libc::dup2(high[i], *target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -73,6 +153,11 @@ impl Session {
             sock: ours,
             stderr,
         })
+    }
+
+    /// The pid of the `criu swrk` process.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap_or(i32::MAX)
     }
 
     /// Sends one request.
@@ -187,10 +272,13 @@ impl Session {
         let _ = self.child.wait();
         let stderr = self.take_stderr();
         if !resp.success {
+            // CRIU's errmsg is its first error, which can be a harmless one (it cannot raise
+            // RLIMIT_NOFILE without CAP_SYS_RESOURCE); the log's first real error says more.
             let mut msg = resp
                 .cr_errmsg
                 .clone()
-                .filter(|m| !m.is_empty())
+                .filter(|m| !m.is_empty() && !is_noise(m))
+                .or_else(|| log.as_deref().and_then(primary_error))
                 .unwrap_or_else(|| "failed".into());
             if let Some(errno) = resp.cr_errno.filter(|&e| e != 0) {
                 msg.push_str(&format!(" ({})", std::io::Error::from_raw_os_error(errno)));

@@ -1,0 +1,164 @@
+//! `checkpoint`: the dump into a staging directory, published by rename.
+
+use std::fs::{self, File};
+use std::path::Path;
+
+use cryo_snapshot::criu::{rpc, Criu};
+
+use crate::cgroups::{self};
+use crate::error::{Error, IoContext, Result};
+use crate::state::{ContainerState, Status};
+use crate::Runtime;
+
+use super::externals::{cgroup_binds, describe_stdio, external_mounts, external_namespaces};
+use super::{
+    absolute, base_opts, criu_err, mkdir_0700, write_json, CheckpointOptions, ImageMeta,
+    DESCRIPTORS_FILE, META_FILE, META_VERSION,
+};
+
+/// Moves `staging` to `target`, replacing an older image there only now that the new one is
+/// complete.
+fn publish(staging: &Path, target: &Path) -> Result<()> {
+    match fs::rename(staging, target) {
+        Ok(()) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
+            let old = target.with_file_name(format!(
+                ".{}.cryo-old-{}",
+                target.file_name().unwrap_or_default().to_string_lossy(),
+                std::process::id()
+            ));
+            fs::rename(target, &old).io_ctx(target)?;
+            if let Err(e) = fs::rename(staging, target) {
+                let _ = fs::rename(&old, target);
+                return Err(Error::io(target, e));
+            }
+            let _ = fs::remove_dir_all(&old);
+        }
+        Err(e) => return Err(Error::io(target, e)),
+    }
+    if let Some(parent) = target.parent() {
+        if let Ok(d) = File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+impl Runtime {
+    /// `checkpoint`: dumps the container's process tree into `opts.image_path`. Without
+    /// `leave_running` the container is gone afterwards (as with runc); on failure it keeps
+    /// running and an older image at the path is untouched.
+    pub fn checkpoint(&self, id: &str, opts: &CheckpointOptions) -> Result<()> {
+        // The state directory stays locked for the whole checkpoint: no concurrent delete.
+        let (dir, st, status) = self.load(id)?;
+        if !matches!(status, Status::Running | Status::Paused) {
+            return Err(Error::BadStatus {
+                op: "checkpoint",
+                id: id.into(),
+                status: status.to_string(),
+                hint: ": only a running or paused container can be checkpointed",
+            });
+        }
+        let criu = Criu::locate(opts.flags.criu.as_deref()).map_err(criu_err)?;
+        let target = absolute(if opts.image_path.as_os_str().is_empty() {
+            Path::new("checkpoint")
+        } else {
+            &opts.image_path
+        })?;
+        let parent = target
+            .parent()
+            .ok_or_else(|| Error::Other(format!("--image-path {}: no parent", target.display())))?;
+        fs::create_dir_all(parent).io_ctx(parent)?;
+        let staging = parent.join(format!(
+            ".{}.cryo-tmp-{}",
+            target.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&staging);
+        mkdir_0700(&staging)?;
+        let r = self.dump_into(&criu, &st, &staging, opts);
+        let r = r.and_then(|()| publish(&staging, &target));
+        if let Err(e) = r {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        if !opts.leave_running {
+            let status = self.status_of(&dir, &st);
+            self.delete_loaded(dir, &st, status, true)?;
+        }
+        Ok(())
+    }
+
+    fn dump_into(
+        &self,
+        criu: &Criu,
+        st: &ContainerState,
+        staging: &Path,
+        opts: &CheckpointOptions,
+    ) -> Result<()> {
+        let descriptors = describe_stdio(st.pid)?;
+        let meta = ImageMeta {
+            version: META_VERSION,
+            id: st.id.clone(),
+            criu: criu.version().to_string(),
+            descriptors,
+        };
+        write_json(&staging.join(META_FILE), &meta)?;
+        let paths: Vec<&str> = meta.descriptors.iter().map(|d| d.path.as_str()).collect();
+        write_json(&staging.join(DESCRIPTORS_FILE), &paths)?;
+
+        let images = File::open(staging).io_ctx(staging)?;
+        let work = match &opts.work_path {
+            Some(w) => {
+                fs::create_dir_all(w).io_ctx(w)?;
+                Some(File::open(w).io_ctx(w)?)
+            }
+            None => None,
+        };
+        let mut o = base_opts(&images, work.as_ref(), "dump.log", &opts.flags);
+        o.pid = Some(st.pid);
+        o.root = Some(st.rootfs.to_string_lossy().into_owned());
+        o.leave_running = Some(opts.leave_running);
+        if let Some(cg) = &st.cgroup {
+            let freezer = cg
+                .paths
+                .get("freezer")
+                .or_else(|| cg.paths.get(cgroups::UNIFIED));
+            o.freeze_cgroup = freezer.map(|p| p.to_string_lossy().into_owned());
+        }
+        let mut externals = external_mounts(&st.config, &st.bundle, Some(st.pid));
+        externals.extend(cgroup_binds(&st.config, st.pid)?);
+        for (dest, _) in externals {
+            o.ext_mnt.push(rpc::ExtMountMap {
+                key: dest.clone(),
+                val: dest,
+            });
+        }
+        o.external.extend(external_namespaces(&st.config)?);
+        o.external
+            .extend(meta.descriptors.iter().filter_map(|d| d.external.clone()));
+        criu.dump(o, &mut ()).map_err(criu_err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_replaces_an_old_image_only_when_the_new_one_is_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("img");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("old"), b"1").unwrap();
+        let staging = dir.path().join(".img.tmp");
+        fs::create_dir(&staging).unwrap();
+        fs::write(staging.join("new"), b"2").unwrap();
+        publish(&staging, &target).unwrap();
+        assert!(target.join("new").exists());
+        assert!(!target.join("old").exists());
+        assert!(!staging.exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no debris");
+    }
+}

@@ -1,0 +1,261 @@
+//! What of a container lies outside it, and how CRIU is told: bind mounts, masked files,
+//! device nodes, the cgroup v1 binds, namespaces joined by path, stdio opened on the host.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::path::Path;
+
+use cryo_snapshot::criu::rpc;
+use oci_spec::runtime::{Mount, Spec};
+
+use crate::error::{Error, IoContext, Result};
+
+use super::Descriptor;
+pub(super) fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
+/// Mount ids visible in `pid`'s mount namespace.
+pub(super) fn mount_ids(pid: i32) -> Result<HashSet<u64>> {
+    let path = format!("/proc/{pid}/mountinfo");
+    let text = fs::read_to_string(&path).io_ctx(&path)?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect())
+}
+
+/// The fdinfo fields `mnt_id` and `flags` (octal) of `pid`'s fd `fd`.
+pub(super) fn fdinfo(pid: i32, fd: i32) -> Result<(u64, i32)> {
+    let path = format!("/proc/{pid}/fdinfo/{fd}");
+    let text = fs::read_to_string(&path).io_ctx(&path)?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let mnt = field("mnt_id:").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let flags = field("flags:")
+        .and_then(|v| i32::from_str_radix(&v, 8).ok())
+        .unwrap_or(0);
+    Ok((mnt, flags))
+}
+
+/// The init's stdio, with the files CRIU cannot reach in the container marked external.
+pub(super) fn describe_stdio(pid: i32) -> Result<Vec<Descriptor>> {
+    let mounts = mount_ids(pid)?;
+    let mut out = Vec::new();
+    for fd in 0..3 {
+        let link = format!("/proc/{pid}/fd/{fd}");
+        let Ok(target) = fs::read_link(&link) else {
+            continue; // closed
+        };
+        let path = target.to_string_lossy().into_owned();
+        let (mnt, flags) = fdinfo(pid, fd)?;
+        let external = if path.starts_with('/') && !mounts.contains(&mnt) {
+            let ino = fs::metadata(&link).io_ctx(&link)?;
+            Some(format!(
+                "file[{mnt:x}:{:x}]",
+                std::os::unix::fs::MetadataExt::ino(&ino)
+            ))
+        } else {
+            None
+        };
+        out.push(Descriptor {
+            fd,
+            path,
+            external,
+            flags,
+        });
+    }
+    Ok(out)
+}
+
+/// `(destination, source)` of the mounts CRIU must treat as external: bind mounts (their
+/// source is outside the container), masked files (binds of /dev/null) and `linux.devices`.
+pub(super) fn external_mounts(
+    spec: &Spec,
+    bundle: &Path,
+    pid: Option<i32>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for m in spec.mounts().as_deref().unwrap_or(&[]) {
+        if !is_bind(m) {
+            continue;
+        }
+        let dest = m.destination().to_string_lossy().into_owned();
+        let src = m.source().clone().unwrap_or_default();
+        let src = if src.is_relative() {
+            bundle.join(src)
+        } else {
+            src
+        };
+        out.push((dest, src.to_string_lossy().into_owned()));
+    }
+    let linux = spec.linux().as_ref();
+    for p in linux
+        .and_then(|l| l.masked_paths().as_deref())
+        .unwrap_or(&[])
+    {
+        // Masked directories are read-only tmpfs mounts CRIU dumps itself; masked files are
+        // binds of /dev/null. At restore the file may not be stat-able: mark every path.
+        let is_dir = pid.is_some_and(|pid| {
+            fs::metadata(format!("/proc/{pid}/root{p}")).is_ok_and(|m| m.is_dir())
+        });
+        if !is_dir {
+            out.push((p.clone(), "/dev/null".into()));
+        }
+    }
+    for d in linux.and_then(|l| l.devices().as_deref()).unwrap_or(&[]) {
+        let p = d.path().to_string_lossy().into_owned();
+        out.push((p.clone(), p));
+    }
+    out
+}
+
+/// `(destination, host source)` of the binds that make up each `cgroup` mount of the spec
+/// (see `rootfs::mounts::mount_cgroup`), for a container whose cgroups are those of `pid`:
+/// CRIU cannot dump a bind of a cgroup subdirectory by itself and needs them named external.
+pub(super) fn cgroup_binds(spec: &Spec, pid: i32) -> Result<Vec<(String, String)>> {
+    use crate::rootfs::mounts::{parse_mountinfo, v1_binds, v1_hierarchies};
+    let dests: Vec<&Path> = spec
+        .mounts()
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .filter(|m| matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2")))
+        .map(|m| m.destination().as_path())
+        .collect();
+    if dests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").io_ctx("/proc/self/mountinfo")?;
+    let mounts = parse_mountinfo(&mountinfo);
+    let own_path = format!("/proc/{pid}/cgroup");
+    let own = fs::read_to_string(&own_path).io_ctx(&own_path)?;
+    let v1 = v1_hierarchies(&mounts);
+    let mut out = Vec::new();
+    for dest in dests {
+        if v1.is_empty() {
+            let rel = own
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .unwrap_or("/")
+                .trim_start_matches('/');
+            out.push((
+                dest.to_string_lossy().into_owned(),
+                Path::new("/sys/fs/cgroup")
+                    .join(rel)
+                    .to_string_lossy()
+                    .into_owned(),
+            ));
+            continue;
+        }
+        for (name, src) in v1_binds(&v1, &own) {
+            out.push((
+                dest.join(name).to_string_lossy().into_owned(),
+                src.to_string_lossy().into_owned(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// `--external net[INODE]:extRootNetNS` (and pid) for namespaces the container joined by path,
+/// as runc does: CRIU leaves them alone and expects them back at restore.
+pub(super) fn external_namespaces(spec: &Spec) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for ns in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_deref())
+        .unwrap_or(&[])
+    {
+        let (Some(path), Some((name, key))) = (ns.path().as_ref(), ext_ns_key(ns.typ())) else {
+            continue;
+        };
+        let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).io_ctx(path)?);
+        out.push(format!("{name}[{ino}]:{key}"));
+    }
+    Ok(out)
+}
+
+pub(super) fn ext_ns_key(
+    t: oci_spec::runtime::LinuxNamespaceType,
+) -> Option<(&'static str, &'static str)> {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    match t {
+        T::Network => Some(("net", "extRootNetNS")),
+        T::Pid => Some(("pid", "extRootPidNS")),
+        _ => None,
+    }
+}
+
+/// A namespace handed to CRIU as an inherited fd: its `extRoot*NS` key and the open file.
+pub(super) type InheritedNs = (String, File);
+
+/// At restore: net/pid namespaces given by path are handed to CRIU as inherited fds under
+/// their `extRoot*NS` key; other namespaces given by path are joined (`join_ns`).
+pub(super) fn restore_namespaces(
+    spec: &Spec,
+) -> Result<(Vec<rpc::JoinNamespace>, Vec<InheritedNs>)> {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    let mut join = Vec::new();
+    let mut fds = Vec::new();
+    for ns in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_deref())
+        .unwrap_or(&[])
+    {
+        let Some(path) = ns.path().as_ref() else {
+            continue;
+        };
+        if let Some((_, key)) = ext_ns_key(ns.typ()) {
+            fds.push((key.to_string(), File::open(path).io_ctx(path)?));
+            continue;
+        }
+        let name = match ns.typ() {
+            T::Ipc => "ipc",
+            T::Uts => "uts",
+            T::Mount => "mnt",
+            T::User => "user",
+            T::Time => "time",
+            t => {
+                return Err(Error::Unsupported {
+                    field: "linux.namespaces".into(),
+                    msg: format!("CRIU cannot restore into an existing {t:?} namespace"),
+                })
+            }
+        };
+        join.push(rpc::JoinNamespace {
+            ns: name.into(),
+            ns_file: path.to_string_lossy().into_owned(),
+            extra_opt: None,
+        });
+    }
+    Ok((join, fds))
+}
+
+/// CRIU's cgroup roots: where `pid` (CRIU, already moved into the container's cgroups) sits,
+/// per hierarchy, from /proc/PID/cgroup.
+pub(super) fn cgroup_roots(pid: i32) -> Result<Vec<rpc::CgroupRoot>> {
+    let path = format!("/proc/{pid}/cgroup");
+    let text = fs::read_to_string(&path).io_ctx(&path)?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let _id = it.next()?;
+            let ctrl = it.next()?;
+            let p = it.next()?;
+            Some(rpc::CgroupRoot {
+                ctrl: Some(ctrl.to_string()),
+                path: p.to_string(),
+            })
+        })
+        .collect())
+}

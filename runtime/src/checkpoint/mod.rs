@@ -1,0 +1,243 @@
+//! Container checkpoint and restore: what runc's `checkpoint`/`restore` do, through cryo's
+//! CRIU driver (`cryo_snapshot::criu`). This module turns a container (its spec, state,
+//! cgroups, stdio) into CRIU options and back; CRIU itself dumps and restores the process tree.
+//!
+//! An image directory holds CRIU's images plus `cryo.json` (what cryo needs to restore: the
+//! container's stdio, the CRIU version) and runc's `descriptors.json`. A dump is written into
+//! a hidden staging directory beside the target and renamed into place only when CRIU
+//! succeeded, so a failed checkpoint leaves the previous image intact and nothing
+//! half-written visible; CRIU thaws the container on failure.
+
+mod dump;
+mod externals;
+mod restore;
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use cryo_snapshot::criu::rpc;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+
+/// The file in an image directory that holds [`ImageMeta`].
+pub const META_FILE: &str = "cryo.json";
+/// runc's list of the init's stdio paths, kept for tools that read it.
+pub const DESCRIPTORS_FILE: &str = "descriptors.json";
+const META_VERSION: u32 = 1;
+
+/// How CRIU treats cgroups (runc's `--manage-cgroups-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CgroupsMode {
+    /// Restore properties only of cgroups CRIU creates (runc's default).
+    #[default]
+    Soft,
+    /// Restore every property.
+    Full,
+    /// Like full, and fail when a cgroup exists with other properties.
+    Strict,
+    /// Leave cgroups alone.
+    Ignore,
+}
+
+impl std::str::FromStr for CgroupsMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "soft" => Ok(CgroupsMode::Soft),
+            "full" => Ok(CgroupsMode::Full),
+            "strict" => Ok(CgroupsMode::Strict),
+            "ignore" => Ok(CgroupsMode::Ignore),
+            _ => Err(Error::Other(format!(
+                "--manage-cgroups-mode {s:?}: expected soft, full, strict or ignore"
+            ))),
+        }
+    }
+}
+
+impl CgroupsMode {
+    fn rpc(self) -> rpc::CriuCgMode {
+        match self {
+            CgroupsMode::Soft => rpc::CriuCgMode::Soft,
+            CgroupsMode::Full => rpc::CriuCgMode::Full,
+            CgroupsMode::Strict => rpc::CriuCgMode::Strict,
+            CgroupsMode::Ignore => rpc::CriuCgMode::Ignore,
+        }
+    }
+}
+
+/// The CRIU switches shared by checkpoint and restore (runc's flags of the same names).
+#[derive(Debug, Clone, Default)]
+pub struct CriuFlags {
+    /// `--tcp-established`.
+    pub tcp_established: bool,
+    /// `--ext-unix-sk`.
+    pub ext_unix_sk: bool,
+    /// `--shell-job`.
+    pub shell_job: bool,
+    /// `--file-locks`.
+    pub file_locks: bool,
+    /// `--manage-cgroups-mode`.
+    pub cgroups_mode: CgroupsMode,
+    /// `--empty-ns`: CLONE_NEW* bits of namespaces CRIU neither dumps nor restores.
+    pub empty_ns: u32,
+    /// The CRIU binary (default: see [`Criu::locate`]).
+    pub criu: Option<PathBuf>,
+}
+
+/// `checkpoint` options.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointOptions {
+    /// Where the images go (runc's `--image-path`, default `checkpoint`).
+    pub image_path: PathBuf,
+    /// Where CRIU's log and work files go (default: the image directory).
+    pub work_path: Option<PathBuf>,
+    /// Keep the container running after the dump.
+    pub leave_running: bool,
+    /// The shared switches.
+    pub flags: CriuFlags,
+}
+
+/// `restore` options.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// The images (runc's `--image-path`).
+    pub image_path: PathBuf,
+    /// Where CRIU's log goes (default: the image directory).
+    pub work_path: Option<PathBuf>,
+    /// The bundle whose config.json describes the container (default: cwd).
+    pub bundle: PathBuf,
+    /// Write the restored init's pid here.
+    pub pid_file: Option<PathBuf>,
+    /// Receives the pty master of a container restored with a terminal.
+    pub console_socket: Option<PathBuf>,
+    /// The shared switches.
+    pub flags: CriuFlags,
+}
+
+/// What cryo records beside CRIU's images.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageMeta {
+    /// Format version of this file.
+    pub version: u32,
+    /// The container checkpointed.
+    pub id: String,
+    /// The CRIU version that dumped it.
+    pub criu: String,
+    /// The init's stdio at checkpoint time.
+    pub descriptors: Vec<Descriptor>,
+}
+
+/// One stdio fd of the container's init.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Descriptor {
+    /// 0, 1 or 2.
+    pub fd: i32,
+    /// What /proc/PID/fd/N pointed at (`/dev/null`, `pipe:[123]`, a host path).
+    pub path: String,
+    /// CRIU's key for a file outside the container's mounts (`file[MNT:INODE]`), dumped as
+    /// external and handed back at restore.
+    pub external: Option<String>,
+    /// The open flags (fdinfo), to reopen an external file as it was.
+    pub flags: i32,
+}
+
+impl Descriptor {
+    /// The key under which CRIU knows this fd's file at restore, if it must be handed in.
+    fn inherit_key(&self) -> Option<&str> {
+        if self.path.starts_with("pipe:") {
+            Some(&self.path)
+        } else {
+            self.external.as_deref()
+        }
+    }
+}
+
+fn criu_err(e: cryo_snapshot::Error) -> Error {
+    let log = e.criu_log();
+    if log.is_empty() {
+        Error::Other(e.to_string())
+    } else {
+        Error::Other(format!("{e}\nCRIU log:\n  {}", log.join("\n  ")))
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        Ok(p.to_path_buf())
+    } else {
+        Ok(std::env::current_dir().io_ctx(".")?.join(p))
+    }
+}
+
+fn mkdir_0700(p: &Path) -> Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(p, e)),
+    }
+}
+
+fn base_opts(images: &File, work: Option<&File>, log: &str, flags: &CriuFlags) -> rpc::CriuOpts {
+    rpc::CriuOpts {
+        images_dir_fd: images.as_raw_fd(),
+        work_dir_fd: work.map(|w| w.as_raw_fd()),
+        log_file: Some(log.into()),
+        log_level: Some(4),
+        notify_scripts: Some(true),
+        manage_cgroups: Some(true),
+        manage_cgroups_mode: Some(flags.cgroups_mode.rpc() as i32),
+        shell_job: Some(flags.shell_job),
+        tcp_established: Some(flags.tcp_established),
+        ext_unix_sk: Some(flags.ext_unix_sk),
+        file_locks: Some(flags.file_locks),
+        empty_ns: Some(flags.empty_ns),
+        orphan_pts_master: Some(true),
+        ..Default::default()
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(v).map_err(|e| Error::Other(e.to_string()))?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .io_ctx(path)?;
+    std::io::Write::write_all(&mut f, &bytes).io_ctx(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroups_mode_parses_runc_names() {
+        assert_eq!("soft".parse::<CgroupsMode>().unwrap(), CgroupsMode::Soft);
+        assert_eq!(
+            "strict".parse::<CgroupsMode>().unwrap(),
+            CgroupsMode::Strict
+        );
+        let e = "hard".parse::<CgroupsMode>().unwrap_err().to_string();
+        assert!(e.contains("hard") && e.contains("soft"), "{e}");
+    }
+
+    #[test]
+    fn pipes_and_external_files_are_handed_back() {
+        let d = |path: &str, ext: Option<&str>| Descriptor {
+            fd: 1,
+            path: path.into(),
+            external: ext.map(String::from),
+            flags: libc::O_WRONLY,
+        };
+        assert_eq!(d("pipe:[42]", None).inherit_key(), Some("pipe:[42]"));
+        assert_eq!(
+            d("/tmp/out", Some("file[1b:9]")).inherit_key(),
+            Some("file[1b:9]")
+        );
+        assert_eq!(d("/dev/null", None).inherit_key(), None);
+    }
+}

@@ -1,0 +1,347 @@
+//! `restore`: a new container from a bundle and an image directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use cryo_snapshot::criu::{rpc, Criu, Notification, Notify, SpawnOptions};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+
+use crate::cgroups::{self, CgroupManager};
+use crate::error::{Error, IoContext, Result, SysContext};
+use crate::spec;
+use crate::state::{self, ContainerState, StateDir, Status};
+use crate::{hooks, Runtime};
+
+use super::externals::{cgroup_binds, cgroup_roots, external_mounts, restore_namespaces};
+use super::{
+    absolute, base_opts, criu_err, mkdir_0700, Descriptor, ImageMeta, RestoreOptions, META_FILE,
+    META_VERSION,
+};
+
+/// Answers CRIU during a restore: runs the hooks when namespaces exist, learns the pid, hands
+/// a pty master to the console socket.
+struct RestoreNotify<'a> {
+    spec: &'a Spec,
+    state: &'a dyn Fn(i32) -> ContainerState,
+    console_socket: Option<&'a Path>,
+    pid: Option<i32>,
+}
+
+impl Notify for RestoreNotify<'_> {
+    fn notify(&mut self, n: Notification<'_>) -> std::result::Result<(), String> {
+        match n.script {
+            "setup-namespaces" => {
+                let Some(pid) = n.pid else { return Ok(()) };
+                let Some(h) = self.spec.hooks().as_ref() else {
+                    return Ok(());
+                };
+                let json = serde_json::to_vec(&(self.state)(pid).oci(Status::Creating))
+                    .unwrap_or_default();
+                hooks::run("prestart", h.prestart().as_deref().unwrap_or(&[]), &json)
+                    .and_then(|()| {
+                        hooks::run(
+                            "createRuntime",
+                            h.create_runtime().as_deref().unwrap_or(&[]),
+                            &json,
+                        )
+                    })
+                    .map_err(|e| e.to_string())
+            }
+            "post-restore" => {
+                self.pid = n.pid;
+                Ok(())
+            }
+            "orphan-pts-master" => {
+                let (Some(fd), Some(path)) = (n.fd, self.console_socket) else {
+                    return Err("a restored terminal needs --console-socket".into());
+                };
+                let sock = crate::console::connect(path).map_err(|e| e.to_string())?;
+                crate::console::send_fd(sock.as_raw_fd(), "/dev/ptmx", fd.as_raw_fd())
+                    .map_err(|e| e.to_string())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Unmounts and removes the restore root on drop.
+struct RootBind(PathBuf);
+
+impl Drop for RootBind {
+    fn drop(&mut self) {
+        let _ = umount2(&self.0, MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+impl Runtime {
+    /// `restore`: creates container `id` from the bundle's config.json with the process tree
+    /// in `opts.image_path`. Returns the restored init's host pid, a child of this process.
+    pub fn restore(&self, id: &str, opts: &RestoreOptions) -> Result<i32> {
+        let dir = StateDir::create(self.root(), id)?;
+        match self.restore_in(&dir, opts) {
+            Ok(pid) => Ok(pid),
+            Err(e) => {
+                let _ = dir.remove();
+                Err(e)
+            }
+        }
+    }
+
+    fn restore_in(&self, dir: &StateDir, opts: &RestoreOptions) -> Result<i32> {
+        let id = dir.id().to_string();
+        let bundle = if opts.bundle.as_os_str().is_empty() {
+            std::env::current_dir().io_ctx(".")?
+        } else {
+            fs::canonicalize(&opts.bundle).io_ctx(&opts.bundle)?
+        };
+        let (spec, rootfs) = spec::load_bundle(&bundle)?;
+        let images_path = absolute(if opts.image_path.as_os_str().is_empty() {
+            Path::new("checkpoint")
+        } else {
+            &opts.image_path
+        })?;
+        let meta_path = images_path.join(META_FILE);
+        let meta: ImageMeta = match fs::read(&meta_path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Spec {
+                path: meta_path.clone(),
+                field: "(root)".into(),
+                msg: e.to_string(),
+            })?,
+            Err(e) => {
+                return Err(Error::Other(format!(
+                    "{}: {e}: not a checkpoint taken by cryo",
+                    meta_path.display()
+                )))
+            }
+        };
+        if meta.version != META_VERSION {
+            return Err(Error::Spec {
+                path: meta_path,
+                field: "version".into(),
+                msg: format!("version {} (this build reads {META_VERSION})", meta.version),
+            });
+        }
+        let criu = Criu::locate(opts.flags.criu.as_deref()).map_err(criu_err)?;
+        let images = File::open(&images_path).io_ctx(&images_path)?;
+        let work = match &opts.work_path {
+            Some(w) => {
+                fs::create_dir_all(w).io_ctx(w)?;
+                Some(File::open(w).io_ctx(w)?)
+            }
+            None => None,
+        };
+
+        let linux = spec.linux().as_ref();
+        let cg_path = linux
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned());
+        let cgroup = cgroups::create(cg_path.as_deref(), &id)?;
+        let r = self.restore_with(
+            dir,
+            opts,
+            &criu,
+            &images,
+            work.as_ref(),
+            &meta,
+            &spec,
+            &bundle,
+            &rootfs,
+            cgroup.as_ref(),
+        );
+        if r.is_err() {
+            for pid in cgroup.pids().unwrap_or_default() {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = cgroup.destroy();
+        }
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn restore_with(
+        &self,
+        dir: &StateDir,
+        opts: &RestoreOptions,
+        criu: &Criu,
+        images: &File,
+        work: Option<&File>,
+        meta: &ImageMeta,
+        spec: &Spec,
+        bundle: &Path,
+        rootfs: &Path,
+        cgroup: &dyn CgroupManager,
+    ) -> Result<i32> {
+        cgroup.prepare()?;
+        let resources = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().clone())
+            .unwrap_or_default();
+        cgroup.set(&resources)?;
+
+        // CRIU wants the root to be a mount point whose parent is not overmounted.
+        let root = absolute(&dir.path().join("criu-root"))?;
+        mkdir_0700(&root)?;
+        mount(
+            Some(rootfs),
+            &root,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .sys_ctx(|| format!("bind {} on {}", rootfs.display(), root.display()))?;
+        let _root_guard = RootBind(root.clone());
+        let externals = external_mounts(spec, bundle, None);
+        for (dest, src) in &externals {
+            make_mountpoint(&root, dest, Path::new(src))?;
+        }
+
+        // The init's stdio: pipes and external files are handed to CRIU (fds 4 and up);
+        // an external file is reopened as it was, else the caller's own fd takes its place.
+        let mut held: Vec<OwnedFd> = Vec::new();
+        let mut inherit = Vec::new();
+        for d in &meta.descriptors {
+            let Some(key) = d.inherit_key() else { continue };
+            let fd = match (&d.external, reopen(d)) {
+                (Some(_), Some(f)) => f,
+                _ => own_stdio(d.fd).ok_or_else(|| {
+                    Error::Other(format!(
+                        "restoring {}: fd {} of this process is closed",
+                        d.path, d.fd
+                    ))
+                })?,
+            };
+            inherit.push(key.to_string());
+            held.push(fd);
+        }
+        let mut o = base_opts(images, work, "restore.log", &opts.flags);
+        o.rst_sibling = Some(true);
+        o.evasive_devices = Some(true);
+        o.root = Some(root.to_string_lossy().into_owned());
+        for (dest, src) in externals {
+            o.ext_mnt.push(rpc::ExtMountMap {
+                key: dest,
+                val: src,
+            });
+        }
+        let mut fds: Vec<(i32, BorrowedFd<'_>)> = Vec::new();
+        for (i, (key, fd)) in inherit.into_iter().zip(&held).enumerate() {
+            let target = 4 + i32::try_from(i).unwrap_or(0);
+            o.inherit_fd.push(rpc::InheritFd { key, fd: target });
+            fds.push((target, fd.as_fd()));
+        }
+        let stdio: Vec<BorrowedFd<'_>> = if opts.flags.shell_job {
+            // SAFETY: fds 0-2 of this process stay open for the whole restore.
+            (0..3)
+                .map(|fd| unsafe { BorrowedFd::borrow_raw(fd) })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        fds.extend((0..3).zip(stdio));
+        let (netns, ns_fds) = restore_namespaces(spec)?;
+        o.join_ns.extend(netns);
+        for (key, file) in &ns_fds {
+            let target = 4 + i32::try_from(fds.len()).unwrap_or(0);
+            o.inherit_fd.push(rpc::InheritFd {
+                key: key.clone(),
+                fd: target,
+            });
+            fds.push((target, file.as_fd()));
+        }
+
+        let session = criu
+            .session_with(&SpawnOptions {
+                fds,
+                join_cgroups: cgroup.join_files(),
+            })
+            .map_err(criu_err)?;
+        o.cg_root = cgroup_roots(session.pid())?;
+        // CRIU runs in the container's cgroups already: its view is the restored tree's.
+        for (dest, src) in cgroup_binds(spec, session.pid())? {
+            o.ext_mnt.push(rpc::ExtMountMap {
+                key: dest,
+                val: src,
+            });
+        }
+
+        let created = chrono::Utc::now();
+        let mk_state = |pid: i32| ContainerState {
+            id: dir.id().to_string(),
+            pid,
+            pid_start: state::proc_stat(pid).map(|s| s.start_time).unwrap_or(0),
+            bundle: bundle.to_path_buf(),
+            rootfs: rootfs.to_path_buf(),
+            created,
+            owner: String::new(),
+            annotations: spec.annotations().clone().unwrap_or_default(),
+            cgroup: Some(cgroup.state()),
+            config: spec.clone(),
+        };
+        let mut notify = RestoreNotify {
+            spec,
+            state: &mk_state,
+            console_socket: opts.console_socket.as_deref(),
+            pid: None,
+        };
+        let pid = criu.restore_in(session, o, &mut notify).map_err(criu_err)?;
+        drop(held);
+        let st = mk_state(pid);
+        let r = dir.save(&st).and_then(|()| match &opts.pid_file {
+            Some(p) => crate::container::write_pid_file(p, pid),
+            None => Ok(()),
+        });
+        if let Err(e) = r {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            return Err(e);
+        }
+        Ok(pid)
+    }
+}
+
+/// A duplicate of this process's own fd `fd` (0–2).
+fn own_stdio(fd: i32) -> Option<OwnedFd> {
+    // SAFETY: 0-2 are open for the life of the process (the CLI's stdio); only borrowed here.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .ok()
+}
+
+/// Reopens an external stdio file as the init had it open (never creating or truncating).
+fn reopen(d: &Descriptor) -> Option<OwnedFd> {
+    if !d.path.starts_with('/') {
+        return None;
+    }
+    let acc = d.flags & libc::O_ACCMODE;
+    let mut o = OpenOptions::new();
+    o.read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
+        .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
+        .custom_flags(d.flags & libc::O_APPEND);
+    if d.flags & libc::O_APPEND != 0 {
+        o.append(true);
+    }
+    o.open(&d.path).ok().map(OwnedFd::from)
+}
+
+/// Creates the mount point of an external mount in the restore root if it is missing, as a
+/// directory or a file like its source.
+fn make_mountpoint(root: &Path, dest: &str, src: &Path) -> Result<()> {
+    let target = crate::rootfs::path::secure_join(root, Path::new(dest))?;
+    if target.symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    if fs::metadata(src).is_ok_and(|m| m.is_dir()) {
+        fs::create_dir_all(&target).io_ctx(&target)
+    } else {
+        if let Some(p) = target.parent() {
+            fs::create_dir_all(p).io_ctx(p)?;
+        }
+        File::create(&target).io_ctx(&target).map(drop)
+    }
+}
