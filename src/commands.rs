@@ -158,8 +158,15 @@ pub enum Command {
         /// Container id.
         id: String,
         /// Directory for the images (default: ./checkpoint).
-        #[arg(long = "image-path", default_value = "checkpoint")]
-        image_path: PathBuf,
+        #[arg(long = "image-path", conflicts_with = "snapshot")]
+        image_path: Option<PathBuf>,
+        /// Checkpoint into the snapshot store under this name (compressed, deduplicated,
+        /// verified) instead of an image directory; prints the snapshot's ID.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Snapshot store (default: $CRYO_STORE, else /var/lib/cryo/store).
+        #[arg(long)]
+        store: Option<PathBuf>,
         /// Directory for CRIU's log and work files (default: the image directory).
         #[arg(long = "work-path")]
         work_path: Option<PathBuf>,
@@ -181,8 +188,14 @@ pub enum Command {
         /// Container id.
         id: String,
         /// Directory of the images (default: ./checkpoint).
-        #[arg(long = "image-path", default_value = "checkpoint")]
-        image_path: PathBuf,
+        #[arg(long = "image-path", conflicts_with = "snapshot")]
+        image_path: Option<PathBuf>,
+        /// Restore from this snapshot of the store (name, sha256:HEX or a unique prefix).
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Snapshot store (default: $CRYO_STORE, else /var/lib/cryo/store).
+        #[arg(long)]
+        store: Option<PathBuf>,
         /// Directory for CRIU's log (default: the image directory).
         #[arg(long = "work-path")]
         work_path: Option<PathBuf>,
@@ -366,6 +379,8 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Checkpoint {
             id,
             image_path,
+            snapshot,
+            store,
             work_path,
             leave_running,
             lazy_pages,
@@ -378,19 +393,26 @@ pub fn run(cli: &Cli) -> Result<u8> {
                      (pre-dumps need soft-dirty page tracking)"
                 );
             }
-            rt.checkpoint(
+            let report = rt.checkpoint(
                 id,
                 &cryo_runtime::CheckpointOptions {
-                    image_path: absolute(image_path),
+                    image_path: absolute(image_path.as_deref().unwrap_or(Path::new("checkpoint"))),
                     work_path: work_path.as_ref().map(|p| absolute(p)),
                     leave_running: *leave_running,
+                    snapshot: snapshot.clone(),
+                    store: store.as_ref().map(|p| absolute(p)),
                     flags: criu.flags()?,
                 },
             )?;
+            if let Some(sid) = report.snapshot {
+                println!("{sid}");
+            }
         }
         Command::Restore {
             id,
             image_path,
+            snapshot,
+            store,
             work_path,
             bundle,
             detach,
@@ -405,8 +427,10 @@ pub fn run(cli: &Cli) -> Result<u8> {
                 bail!("restore: --lazy-pages is not supported yet");
             }
             let opts = cryo_runtime::RestoreOptions {
-                image_path: absolute(image_path),
+                image_path: absolute(image_path.as_deref().unwrap_or(Path::new("checkpoint"))),
                 work_path: work_path.as_ref().map(|p| absolute(p)),
+                snapshot: snapshot.clone(),
+                store: store.as_ref().map(|p| absolute(p)),
                 bundle: bundle.clone().unwrap_or_default(),
                 pid_file: pid_file.as_ref().map(|p| absolute(p)),
                 console_socket: console_socket.clone(),

@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -24,6 +25,15 @@ macro_rules! skip_unless_criu {
 /// child, so the tree has two processes.
 fn counter_config() -> Value {
     sh_config("sleep 1000 & i=0; while :; do i=$((i+1)); echo $i > /tmp/count; usleep 20000; done")
+}
+
+/// The counter with 4 MB of ballast in the shell's memory that stays the same between
+/// checkpoints.
+fn ballast_config() -> Value {
+    sh_config(
+        "big=$(head -c 3000000 /dev/urandom | base64); sleep 1000 & i=0; \
+         while :; do i=$((i+1)); echo $i > /tmp/count; usleep 20000; done",
+    )
 }
 
 fn count(pid: i64) -> u64 {
@@ -330,4 +340,176 @@ fn restore_refuses_bad_images_and_taken_ids() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("exists"));
     assert_eq!(env.status(&cid), "running");
+}
+
+fn restore_snapshot(env: &Env, store: &Path, reference: &str, bundle: &Path, id: &str) -> Output {
+    env.cryo(&[
+        "restore",
+        "-d",
+        "--store",
+        store.to_str().unwrap(),
+        "--snapshot",
+        reference,
+        "--bundle",
+        bundle.to_str().unwrap(),
+        id,
+    ])
+}
+
+#[test]
+fn checkpoint_into_the_store_and_restore_replicas_from_it() {
+    skip_unless_criu!();
+    let env = Env::new("store");
+    let store = env.dir.path().join("store");
+    let (id, pid) = env.detach("c", &ballast_config());
+    wait_count_past(pid, 3);
+    let out = env.ok(&[
+        "checkpoint",
+        "--leave-running",
+        "--store",
+        store.to_str().unwrap(),
+        "--snapshot",
+        "counter:v1",
+        &id,
+    ]);
+    let sid = out.trim().to_string();
+    assert!(
+        sid.starts_with("sha256:"),
+        "checkpoint prints the ID: {out}"
+    );
+    let frozen = count(pid);
+    let ls = env.ok(&["snapshot", "--store", store.to_str().unwrap(), "ls"]);
+    assert!(ls.contains("counter:v1"), "{ls}");
+    let verify = env.cryo(&[
+        "snapshot",
+        "--store",
+        store.to_str().unwrap(),
+        "verify",
+        &sid,
+    ]);
+    assert!(verify.status.success());
+    // Nothing of the raw dump stays behind in the state directory.
+    let state_dir = env.root.join(&id);
+    assert!(!state_dir.join("dump").exists());
+
+    // Three replicas of one snapshot, side by side, by name and by ID.
+    let bundle = env.dir.path().join("c");
+    let mut replicas = Vec::new();
+    for (i, reference) in ["counter:v1", &sid, &sid[..19]].iter().enumerate() {
+        let rid = env.id(&format!("r{i}"));
+        let o = restore_snapshot(&env, &store, reference, &bundle, &rid);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let rpid = env.state(&rid)["pid"].as_i64().unwrap();
+        assert!(
+            !env.root.join(&rid).join("images").exists(),
+            "images removed"
+        );
+        replicas.push((rid, rpid));
+    }
+    for (_, rpid) in &replicas {
+        wait_count_past(*rpid, frozen + 3);
+        assert!(has_sleeper(*rpid));
+    }
+
+    // A second checkpoint of the same container stores little that is new.
+    let before = dir_bytes(&store.join("chunks"));
+    env.ok(&[
+        "checkpoint",
+        "--leave-running",
+        "--store",
+        store.to_str().unwrap(),
+        "--snapshot",
+        "counter:v2",
+        &id,
+    ]);
+    let added = dir_bytes(&store.join("chunks")) - before;
+    assert!(before > 2_000_000, "the ballast is stored: {before} bytes");
+    assert!(
+        added * 20 < before,
+        "second snapshot added {added} of {before} bytes"
+    );
+    for (rid, _) in &replicas {
+        env.remove(rid);
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        n += if m.is_dir() {
+            dir_bytes(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    n
+}
+
+#[test]
+fn a_failed_ingest_thaws_the_container_and_a_corrupt_snapshot_is_refused() {
+    skip_unless_criu!();
+    let env = Env::new("ingest");
+    let store = env.dir.path().join("store");
+    let (id, pid) = env.detach("c", &counter_config());
+    wait_count_past(pid, 2);
+    // The name is refused at commit, after CRIU dumped: CRIU must resume the tree.
+    let o = env.cryo(&[
+        "checkpoint",
+        "--store",
+        store.to_str().unwrap(),
+        "--snapshot",
+        "Not A Name",
+        &id,
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("Not A Name"), "{err}");
+    assert_eq!(env.status(&id), "running");
+    let n = count(pid);
+    wait_count_past(pid, n + 3);
+    assert!(!env.root.join(&id).join("dump").exists(), "staging removed");
+
+    let out = env.ok(&[
+        "checkpoint",
+        "--store",
+        store.to_str().unwrap(),
+        "--snapshot",
+        "c:v1",
+        &id,
+    ]);
+    assert!(out.starts_with("sha256:"));
+    assert!(
+        !env.cryo(&["state", &id]).status.success(),
+        "checkpointed away"
+    );
+    // Flip one byte in every chunk: the restore is refused before any process exists.
+    let mut chunks = Vec::new();
+    collect(&store.join("chunks"), &mut chunks);
+    for c in &chunks {
+        let mut b = std::fs::read(c).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0x40;
+        std::fs::write(c, b).unwrap();
+    }
+    let bundle = env.dir.path().join("c");
+    let rid = env.id("r");
+    let o = restore_snapshot(&env, &store, "c:v1", &bundle, &rid);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("chunk"), "the error names the chunk: {err}");
+    assert!(!env.cryo(&["state", &rid]).status.success(), "no container");
+    let o = restore_snapshot(&env, &store, "missing:v9", &bundle, &rid);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing:v9"));
+}
+
+fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            collect(&e.path(), out);
+        } else {
+            out.push(e.path());
+        }
+    }
 }

@@ -1,9 +1,11 @@
-//! `checkpoint`: the dump into a staging directory, published by rename.
+//! `checkpoint`: the dump into a staging directory, published at CRIU's post-dump (by rename
+//! to `--image-path`, or by ingest into the snapshot store) while the tree is still frozen.
 
 use std::fs::{self, File};
 use std::path::Path;
 
-use cryo_snapshot::criu::{rpc, Criu};
+use cryo_snapshot::criu::{ingest, rpc, Criu, Notification, Notify};
+use cryo_snapshot::{Store, WriterOptions};
 
 use crate::cgroups::{self};
 use crate::error::{Error, IoContext, Result};
@@ -44,11 +46,51 @@ fn publish(staging: &Path, target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Publishes the images at CRIU's `post-dump` notification: the tree is still frozen then, so
+/// a failure to publish makes CRIU thaw it and report the dump failed (the container keeps
+/// running), and a success lets CRIU kill it (or resume it with `leave_running`).
+struct PublishAtPostDump<'a> {
+    publish: &'a mut dyn FnMut() -> Result<()>,
+    published: bool,
+    error: Option<Error>,
+}
+
+impl Notify for PublishAtPostDump<'_> {
+    fn notify(&mut self, n: Notification<'_>) -> std::result::Result<(), String> {
+        if n.script != "post-dump" || self.published {
+            return Ok(());
+        }
+        match (self.publish)() {
+            Ok(()) => {
+                self.published = true;
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                self.error = Some(e);
+                Err(msg)
+            }
+        }
+    }
+}
+
+/// What a checkpoint produced.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointReport {
+    /// The snapshot written into the store (with `CheckpointOptions::snapshot`).
+    pub snapshot: Option<cryo_snapshot::SnapshotId>,
+    /// What the store wrote (zero pages, new chunks, stored bytes).
+    pub stats: Option<cryo_snapshot::WriteStats>,
+    /// Bytes of memory pages CRIU dumped.
+    pub page_bytes: u64,
+}
+
 impl Runtime {
-    /// `checkpoint`: dumps the container's process tree into `opts.image_path`. Without
-    /// `leave_running` the container is gone afterwards (as with runc); on failure it keeps
-    /// running and an older image at the path is untouched.
-    pub fn checkpoint(&self, id: &str, opts: &CheckpointOptions) -> Result<()> {
+    /// `checkpoint`: dumps the container's process tree into `opts.image_path`, or into the
+    /// snapshot store under `opts.snapshot`. Without `leave_running` the container is gone
+    /// afterwards (as with runc); on failure it keeps running, and an older image at the path
+    /// or an older snapshot of the name is untouched.
+    pub fn checkpoint(&self, id: &str, opts: &CheckpointOptions) -> Result<CheckpointReport> {
         // The state directory stays locked for the whole checkpoint: no concurrent delete.
         let (dir, st, status) = self.load(id)?;
         if !matches!(status, Status::Running | Status::Paused) {
@@ -60,24 +102,66 @@ impl Runtime {
             });
         }
         let criu = Criu::locate(opts.flags.criu.as_deref()).map_err(criu_err)?;
-        let target = absolute(if opts.image_path.as_os_str().is_empty() {
-            Path::new("checkpoint")
-        } else {
-            &opts.image_path
-        })?;
-        let parent = target
-            .parent()
-            .ok_or_else(|| Error::Other(format!("--image-path {}: no parent", target.display())))?;
-        fs::create_dir_all(parent).io_ctx(parent)?;
-        let staging = parent.join(format!(
-            ".{}.cryo-tmp-{}",
-            target.file_name().unwrap_or_default().to_string_lossy(),
-            std::process::id()
-        ));
+        let mut report = CheckpointReport::default();
+        let (staging, mut publish): (_, Box<dyn FnMut() -> Result<()>>) = match &opts.snapshot {
+            Some(name) => {
+                let store = match &opts.store {
+                    Some(p) => Store::open(p),
+                    None => Store::open_default(),
+                }
+                .map_err(|e| Error::Other(format!("snapshot store: {e}")))?;
+                // CRIU's raw images go to the state directory (tmpfs under /run) and leave it
+                // compressed, deduplicated and verified-on-read in the store.
+                let staging = absolute(&dir.path().join("dump"))?;
+                let name = name.clone();
+                let report = &mut report;
+                let s2 = staging.clone();
+                (
+                    staging,
+                    Box::new(move || {
+                        let r = ingest(&store, &s2, Some(&name), WriterOptions::default())
+                            .map_err(|e| Error::Other(format!("snapshot {name}: {e}")))?;
+                        report.snapshot = Some(r.id);
+                        report.stats = Some(r.stats);
+                        report.page_bytes = r.page_bytes;
+                        let _ = fs::remove_dir_all(&s2);
+                        Ok(())
+                    }),
+                )
+            }
+            None => {
+                let target = absolute(if opts.image_path.as_os_str().is_empty() {
+                    Path::new("checkpoint")
+                } else {
+                    &opts.image_path
+                })?;
+                let parent = target.parent().ok_or_else(|| {
+                    Error::Other(format!("--image-path {}: no parent", target.display()))
+                })?;
+                fs::create_dir_all(parent).io_ctx(parent)?;
+                let staging = parent.join(format!(
+                    ".{}.cryo-tmp-{}",
+                    target.file_name().unwrap_or_default().to_string_lossy(),
+                    std::process::id()
+                ));
+                let s2 = staging.clone();
+                (staging, Box::new(move || publish(&s2, &target)))
+            }
+        };
         let _ = fs::remove_dir_all(&staging);
         mkdir_0700(&staging)?;
-        let r = self.dump_into(&criu, &st, &staging, opts);
-        let r = r.and_then(|()| publish(&staging, &target));
+        let mut notify = PublishAtPostDump {
+            publish: &mut *publish,
+            published: false,
+            error: None,
+        };
+        let r = self.dump_into(&criu, &st, &staging, opts, &mut notify);
+        let r = match (r, notify.error.take()) {
+            (_, Some(e)) => Err(e),
+            (Ok(()), None) if !notify.published => (notify.publish)(),
+            (r, None) => r,
+        };
+        drop(publish);
         if let Err(e) = r {
             let _ = fs::remove_dir_all(&staging);
             return Err(e);
@@ -86,7 +170,7 @@ impl Runtime {
             let status = self.status_of(&dir, &st);
             self.delete_loaded(dir, &st, status, true)?;
         }
-        Ok(())
+        Ok(report)
     }
 
     fn dump_into(
@@ -95,6 +179,7 @@ impl Runtime {
         st: &ContainerState,
         staging: &Path,
         opts: &CheckpointOptions,
+        notify: &mut dyn Notify,
     ) -> Result<()> {
         let descriptors = describe_stdio(st.pid)?;
         let meta = ImageMeta {
@@ -137,7 +222,7 @@ impl Runtime {
         o.external.extend(external_namespaces(&st.config)?);
         o.external
             .extend(meta.descriptors.iter().filter_map(|d| d.external.clone()));
-        criu.dump(o, &mut ()).map_err(criu_err)?;
+        criu.dump(o, notify).map_err(criu_err)?;
         Ok(())
     }
 }

@@ -12,6 +12,8 @@ mod dump;
 mod externals;
 mod restore;
 
+pub use dump::CheckpointReport;
+
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -96,6 +98,10 @@ pub struct CheckpointOptions {
     pub work_path: Option<PathBuf>,
     /// Keep the container running after the dump.
     pub leave_running: bool,
+    /// Checkpoint into the snapshot store under this name instead of `image_path`.
+    pub snapshot: Option<String>,
+    /// The store (default: `$CRYO_STORE`, else /var/lib/cryo/store).
+    pub store: Option<PathBuf>,
     /// The shared switches.
     pub flags: CriuFlags,
 }
@@ -113,6 +119,11 @@ pub struct RestoreOptions {
     pub pid_file: Option<PathBuf>,
     /// Receives the pty master of a container restored with a terminal.
     pub console_socket: Option<PathBuf>,
+    /// Restore from this snapshot of the store (a name, `sha256:HEX` or a unique prefix)
+    /// instead of `image_path`.
+    pub snapshot: Option<String>,
+    /// The store (default: `$CRYO_STORE`, else /var/lib/cryo/store).
+    pub store: Option<PathBuf>,
     /// The shared switches.
     pub flags: CriuFlags,
 }

@@ -5,7 +5,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use cryo_snapshot::criu::{rpc, Criu, Notification, Notify, SpawnOptions};
+use cryo_snapshot::criu::{materialize, rpc, Criu, Notification, Notify, SpawnOptions};
+use cryo_snapshot::Store;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -69,6 +70,15 @@ impl Notify for RestoreNotify<'_> {
     }
 }
 
+/// Removes a materialized images directory on drop.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Unmounts and removes the restore root on drop.
 struct RootBind(PathBuf);
 
@@ -101,11 +111,35 @@ impl Runtime {
             fs::canonicalize(&opts.bundle).io_ctx(&opts.bundle)?
         };
         let (spec, rootfs) = spec::load_bundle(&bundle)?;
-        let images_path = absolute(if opts.image_path.as_os_str().is_empty() {
-            Path::new("checkpoint")
-        } else {
-            &opts.image_path
-        })?;
+        // A snapshot from the store is written out as CRIU images in the state directory
+        // (tmpfs under /run), every chunk verified before any process is created; the
+        // reader's lease pins the snapshot against `gc` meanwhile.
+        let (_materialized, images_path) = match &opts.snapshot {
+            Some(reference) => {
+                let store = match &opts.store {
+                    Some(p) => Store::open(p),
+                    None => Store::open_default(),
+                }
+                .map_err(|e| Error::Other(format!("snapshot store: {e}")))?;
+                let reader = store
+                    .reader(reference)
+                    .map_err(|e| Error::Other(format!("snapshot {reference}: {e}")))?;
+                let path = absolute(&dir.path().join("images"))?;
+                mkdir_0700(&path)?;
+                let guard = RemoveDir(path.clone());
+                materialize(&reader, &path)
+                    .map_err(|e| Error::Other(format!("snapshot {reference}: {e}")))?;
+                (Some(guard), path)
+            }
+            None => {
+                let path = absolute(if opts.image_path.as_os_str().is_empty() {
+                    Path::new("checkpoint")
+                } else {
+                    &opts.image_path
+                })?;
+                (None, path)
+            }
+        };
         let meta_path = images_path.join(META_FILE);
         let meta: ImageMeta = match fs::read(&meta_path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Spec {

@@ -7,6 +7,8 @@
 //! `SOCK_SEQPACKET` socketpair; CRIU resolves the caller's fds (`images_dir_fd`, `work_dir_fd`)
 //! through `/proc/<caller>/fd`, so they only need to stay open in this process.
 
+pub mod images;
+pub mod ingest;
 pub mod rpc;
 mod swrk;
 
@@ -14,6 +16,7 @@ use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+pub use ingest::{ingest, materialize, IngestReport, MaterializeReport};
 pub use swrk::{Session, SpawnOptions};
 
 use crate::{Error, Result};

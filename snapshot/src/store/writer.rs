@@ -303,18 +303,25 @@ impl Writer {
         Ok(())
     }
 
-    /// Makes the snapshot durable and returns its ID; with `name`, points that name at it
-    /// (moving the name if it exists; the snapshot it pointed at stays until `gc`).
-    pub fn commit(mut self, name: Option<&str>) -> Result<SnapshotId> {
-        if let Some(n) = name {
-            reference::parse_name(n)?;
-        }
+    /// Compresses and writes the pages still buffered, so that [`Writer::stats`] counts
+    /// everything added so far. [`Writer::commit`] does it too.
+    pub fn flush(&mut self) -> Result<()> {
         for i in 0..self.objects.len() {
             if let Some((start, buf)) = self.objects[i].pending.take() {
                 let object = u32::try_from(i).unwrap_or(u32::MAX);
                 self.run_jobs(object, vec![(start, Cow::Owned(buf))])?;
             }
         }
+        Ok(())
+    }
+
+    /// Makes the snapshot durable and returns its ID; with `name`, points that name at it
+    /// (moving the name if it exists; the snapshot it pointed at stays until `gc`).
+    pub fn commit(mut self, name: Option<&str>) -> Result<SnapshotId> {
+        if let Some(n) = name {
+            reference::parse_name(n)?;
+        }
+        self.flush()?;
         files::syncfs(self.store.root())?;
         let mut objects = Vec::with_capacity(self.objects.len());
         let mut regions = Vec::new();
