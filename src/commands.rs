@@ -217,8 +217,9 @@ pub enum Command {
         /// Accepted for runc compatibility.
         #[arg(long = "no-subreaper")]
         no_subreaper: bool,
-        /// Lazy restore (not supported yet).
-        #[arg(long = "lazy-pages")]
+        /// Lazy restore (with --snapshot): the container runs at once while its memory streams
+        /// in from the store.
+        #[arg(long = "lazy-pages", requires = "snapshot")]
         lazy_pages: bool,
         #[command(flatten)]
         criu: CriuArgs,
@@ -226,6 +227,25 @@ pub enum Command {
     /// Internal: the container's init.
     #[command(hide = true)]
     Init,
+    /// Internal: the lazy-pages server of a lazy restore (started by `restore --lazy-pages`).
+    #[command(hide = true, name = "lazy-pages")]
+    LazyPages {
+        /// Snapshot store.
+        #[arg(long)]
+        store: PathBuf,
+        /// The snapshot (an ID).
+        #[arg(long)]
+        snapshot: String,
+        /// The socket CRIU connects to (WORK_DIR/lazy-pages.socket).
+        #[arg(long)]
+        socket: PathBuf,
+        /// Write one byte to this fd once the socket listens.
+        #[arg(long = "ready-fd")]
+        ready_fd: Option<i32>,
+        /// Write the report (JSON) here when every page is in.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -274,13 +294,12 @@ pub struct CriuArgs {
     /// Accepted for runc compatibility.
     #[arg(long = "auto-dedup")]
     auto_dedup: bool,
-    /// The CRIU binary (default: $CRYO_CRIU, /var/cache/cryo/refs/bin/criu, then PATH).
-    #[arg(long)]
-    criu: Option<PathBuf>,
 }
 
 impl CriuArgs {
-    fn flags(&self) -> Result<cryo_runtime::CriuFlags> {
+    /// The flags, with CRIU at `criu` (the global `--criu`; default: $CRYO_CRIU,
+    /// /var/cache/cryo/refs/bin/criu, then PATH).
+    fn flags(&self, criu: Option<&Path>) -> Result<cryo_runtime::CriuFlags> {
         let mut empty_ns = 0u32;
         for ns in &self.empty_ns {
             match ns.as_str() {
@@ -295,7 +314,7 @@ impl CriuArgs {
             file_locks: self.file_locks,
             cgroups_mode: self.manage_cgroups_mode.parse()?,
             empty_ns,
-            criu: self.criu.as_ref().map(|p| absolute(p)),
+            criu: criu.map(absolute),
         })
     }
 }
@@ -401,7 +420,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
                     leave_running: *leave_running,
                     snapshot: snapshot.clone(),
                     store: store.as_ref().map(|p| absolute(p)),
-                    flags: criu.flags()?,
+                    flags: criu.flags(cli.criu.as_deref())?,
                 },
             )?;
             if let Some(sid) = report.snapshot {
@@ -423,18 +442,16 @@ pub fn run(cli: &Cli) -> Result<u8> {
             lazy_pages,
             criu,
         } => {
-            if *lazy_pages {
-                bail!("restore: --lazy-pages is not supported yet");
-            }
             let opts = cryo_runtime::RestoreOptions {
                 image_path: absolute(image_path.as_deref().unwrap_or(Path::new("checkpoint"))),
                 work_path: work_path.as_ref().map(|p| absolute(p)),
                 snapshot: snapshot.clone(),
+                lazy: *lazy_pages,
                 store: store.as_ref().map(|p| absolute(p)),
                 bundle: bundle.clone().unwrap_or_default(),
                 pid_file: pid_file.as_ref().map(|p| absolute(p)),
                 console_socket: console_socket.clone(),
-                flags: criu.flags()?,
+                flags: criu.flags(cli.criu.as_deref())?,
             };
             return run::restore(&rt, id, &opts, *detach);
         }
@@ -519,6 +536,13 @@ pub fn run(cli: &Cli) -> Result<u8> {
             }
         }
         Command::Init => bail!("cryo init must be started by the runtime"),
+        Command::LazyPages {
+            store,
+            snapshot,
+            socket,
+            ready_fd,
+            report,
+        } => crate::lazy_cli::run(store, snapshot, socket, *ready_fd, report.as_deref())?,
     }
     Ok(0)
 }

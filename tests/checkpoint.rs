@@ -513,3 +513,95 @@ fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
         }
     }
 }
+
+/// Ballast whose checksum the container writes to /tmp/sum at start and, whenever /tmp/check
+/// appears, again to /tmp/sum2: proof that restored memory is bit-identical.
+fn checksum_config() -> Value {
+    sh_config(
+        "big=$(head -c 6000000 /dev/urandom | base64); echo \"$big\" | md5sum > /tmp/sum; \
+         i=0; while :; do i=$((i+1)); echo $i > /tmp/count; \
+         if [ -e /tmp/check ]; then echo \"$big\" | md5sum > /tmp/sum2.tmp; \
+         mv /tmp/sum2.tmp /tmp/sum2; rm /tmp/check; fi; usleep 20000; done",
+    )
+}
+
+fn read_root(pid: i64, path: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/root{path}")).ok()
+}
+
+fn wait_file(pid: i64, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = read_root(pid, path) {
+            if !s.is_empty() {
+                return s;
+            }
+        }
+        assert!(Instant::now() < deadline, "{path} never appeared in {pid}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn lazy_restore_runs_at_once_and_streams_memory_in_bit_identical() {
+    skip_unless_criu!();
+    let env = Env::new("lazy");
+    let store = env.dir.path().join("store");
+    let (id, pid) = env.detach("c", &checksum_config());
+    let sum = wait_file(pid, "/tmp/sum");
+    wait_count_past(pid, 2);
+    env.ok(&[
+        "checkpoint",
+        "--store",
+        store.to_str().unwrap(),
+        "--snapshot",
+        "lazy:v1",
+        &id,
+    ]);
+    let bundle = env.dir.path().join("c");
+    for round in 0..2 {
+        // The second restore has the first one's working set to prefetch.
+        let rid = env.id(&format!("r{round}"));
+        env.ok(&[
+            "restore",
+            "-d",
+            "--lazy-pages",
+            "--store",
+            store.to_str().unwrap(),
+            "--snapshot",
+            "lazy:v1",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            &rid,
+        ]);
+        let rpid = env.state(&rid)["pid"].as_i64().unwrap();
+        let n = wait_count_past(rpid, 0);
+        wait_count_past(rpid, n + 2);
+        std::fs::write(format!("/proc/{rpid}/root/tmp/check"), b"").unwrap();
+        assert_eq!(wait_file(rpid, "/tmp/sum2"), sum, "restored memory differs");
+        // The server exits once every page is in and says what it did.
+        let report = env.root.join(&rid).join("lazy-pages.json");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !report.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the lazy-pages server never finished"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        assert!(r["copied_bytes"].as_u64().unwrap() > 6_000_000, "{r}");
+        assert!(r["tasks"].as_u64().unwrap() >= 1, "{r}");
+        let n = count(rpid);
+        wait_count_past(rpid, n + 2);
+        env.remove(&rid);
+    }
+    let ws = env.ok(&[
+        "snapshot",
+        "--store",
+        store.to_str().unwrap(),
+        "inspect",
+        "lazy:v1",
+    ]);
+    assert!(ws.to_lowercase().contains("working set"), "{ws}");
+}

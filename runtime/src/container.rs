@@ -215,6 +215,15 @@ impl Runtime {
         }
     }
 
+    /// The cryo binary to run helper commands (`cryo lazy-pages`) with: the init binary
+    /// when it is given as a path, else [`Runtime::exe`].
+    pub(crate) fn cryo_exe(&self) -> PathBuf {
+        match &self.init_binary {
+            InitBinary::Path(p) => p.clone(),
+            _ => self.exe.clone(),
+        }
+    }
+
     /// The state root.
     pub fn root(&self) -> &Path {
         &self.root

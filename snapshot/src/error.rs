@@ -152,6 +152,12 @@ pub enum Error {
         /// The relevant lines of CRIU's log.
         log: Vec<String>,
     },
+    /// The lazy-pages server failed; the restored tasks cannot get their memory.
+    #[error("lazy pages: {message}")]
+    Lazy {
+        /// What went wrong, with the task, object or address.
+        message: String,
+    },
     /// The store directory has a layout this build does not know.
     #[error("{}: store layout {found:?} is not supported (this build uses {supported:?})", path.display())]
     UnsupportedStore {

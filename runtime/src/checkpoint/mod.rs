@@ -122,6 +122,9 @@ pub struct RestoreOptions {
     /// Restore from this snapshot of the store (a name, `sha256:HEX` or a unique prefix)
     /// instead of `image_path`.
     pub snapshot: Option<String>,
+    /// Lazy restore (with `snapshot`): the process runs at once and its private memory
+    /// streams in from the store through cryo's lazy-pages server (`cryo lazy-pages`).
+    pub lazy: bool,
     /// The store (default: `$CRYO_STORE`, else /var/lib/cryo/store).
     pub store: Option<PathBuf>,
     /// The shared switches.

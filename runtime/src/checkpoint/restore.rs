@@ -5,7 +5,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use cryo_snapshot::criu::{materialize, rpc, Criu, Notification, Notify, SpawnOptions};
+use cryo_snapshot::criu::{
+    materialize, materialize_lazy, rpc, Criu, Notification, Notify, SpawnOptions,
+};
 use cryo_snapshot::Store;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::signal::{kill, Signal};
@@ -70,6 +72,93 @@ impl Notify for RestoreNotify<'_> {
     }
 }
 
+/// The lazy-pages server process: killed on drop unless [`LazyDaemon::keep`] was called.
+struct LazyDaemon {
+    child: Option<std::process::Child>,
+}
+
+impl LazyDaemon {
+    /// Leaves the server running (the restore succeeded; it exits when every page is in).
+    fn keep(&mut self) {
+        self.child = None;
+    }
+}
+
+impl Drop for LazyDaemon {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Runtime {
+    /// Starts `cryo lazy-pages` in its own session and waits until its socket listens. Its
+    /// log and final report go to the container's state directory.
+    fn spawn_lazy_daemon(
+        &self,
+        store: &Path,
+        snapshot: &str,
+        socket: &Path,
+        state: &Path,
+    ) -> Result<LazyDaemon> {
+        use std::io::Read as _;
+        use std::os::unix::process::CommandExt as _;
+        let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .sys_ctx(|| "pipe for the lazy-pages server".into())?;
+        let log_path = state.join("lazy-pages.log");
+        let log = File::create(&log_path).io_ctx(&log_path)?;
+        let mut cmd = std::process::Command::new(self.cryo_exe());
+        cmd.arg("lazy-pages")
+            .arg("--store")
+            .arg(store)
+            .arg("--snapshot")
+            .arg(snapshot)
+            .arg("--socket")
+            .arg(socket)
+            .arg("--ready-fd")
+            .arg("3")
+            .arg("--report")
+            .arg(state.join("lazy-pages.json"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        let w = wr.as_raw_fd();
+        // SAFETY: setsid, dup2 and fcntl are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::setsid();
+                if w == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0);
+                } else if libc::dup2(w, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::Other(format!("starting cryo lazy-pages: {e}")))?;
+        drop(wr);
+        let mut guard = LazyDaemon { child: Some(child) };
+        let mut byte = [0u8; 1];
+        let mut rd = File::from(rd);
+        if rd.read(&mut byte).unwrap_or(0) != 1 {
+            if let Some(c) = guard.child.as_mut() {
+                let _ = c.wait();
+            }
+            guard.child = None;
+            let log = fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(Error::Other(format!(
+                "the lazy-pages server did not start: {}",
+                log.trim()
+            )));
+        }
+        Ok(guard)
+    }
+}
+
 /// Removes a materialized images directory on drop.
 struct RemoveDir(PathBuf);
 
@@ -114,6 +203,7 @@ impl Runtime {
         // A snapshot from the store is written out as CRIU images in the state directory
         // (tmpfs under /run), every chunk verified before any process is created; the
         // reader's lease pins the snapshot against `gc` meanwhile.
+        let mut lazy_source = None;
         let (_materialized, images_path) = match &opts.snapshot {
             Some(reference) => {
                 let store = match &opts.store {
@@ -127,8 +217,13 @@ impl Runtime {
                 let path = absolute(&dir.path().join("images"))?;
                 mkdir_0700(&path)?;
                 let guard = RemoveDir(path.clone());
-                materialize(&reader, &path)
-                    .map_err(|e| Error::Other(format!("snapshot {reference}: {e}")))?;
+                if opts.lazy {
+                    materialize_lazy(&reader, &path)
+                } else {
+                    materialize(&reader, &path)
+                }
+                .map_err(|e| Error::Other(format!("snapshot {reference}: {e}")))?;
+                lazy_source = Some((store.root().to_path_buf(), reader.id().to_string()));
                 (Some(guard), path)
             }
             None => {
@@ -170,6 +265,24 @@ impl Runtime {
             }
             None => None,
         };
+        // The lazy-pages server listens in CRIU's work dir before CRIU starts; it outlives
+        // this call when the restore succeeds, and is killed when it fails.
+        let mut daemon = match (opts.lazy, &lazy_source) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(Error::Other(
+                    "restore --lazy-pages needs --snapshot (lazy pages come from the store)".into(),
+                ))
+            }
+            (true, Some((store, snapshot))) => {
+                let work_dir = opts
+                    .work_path
+                    .clone()
+                    .unwrap_or_else(|| images_path.clone());
+                let socket = absolute(&work_dir.join("lazy-pages.socket"))?;
+                Some(self.spawn_lazy_daemon(store, snapshot, &socket, &absolute(dir.path())?)?)
+            }
+        };
 
         let linux = spec.linux().as_ref();
         let cg_path = linux
@@ -188,6 +301,12 @@ impl Runtime {
             &rootfs,
             cgroup.as_ref(),
         );
+        if r.is_ok() {
+            if let Some(d) = daemon.as_mut() {
+                d.keep();
+            }
+        }
+        drop(daemon);
         if r.is_err() {
             for pid in cgroup.pids().unwrap_or_default() {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -256,6 +375,7 @@ impl Runtime {
         }
         let mut o = base_opts(images, work, "restore.log", &opts.flags);
         o.rst_sibling = Some(true);
+        o.lazy_pages = Some(opts.lazy);
         o.evasive_devices = Some(true);
         o.root = Some(root.to_string_lossy().into_owned());
         for (dest, src) in externals {
@@ -265,10 +385,14 @@ impl Runtime {
             });
         }
         let mut fds: Vec<(i32, BorrowedFd<'_>)> = Vec::new();
-        for (i, (key, fd)) in inherit.into_iter().zip(&held).enumerate() {
-            let target = 4 + i32::try_from(i).unwrap_or(0);
-            o.inherit_fd.push(rpc::InheritFd { key, fd: target });
-            fds.push((target, fd.as_fd()));
+        let mut next_target = 4;
+        for (key, fd) in inherit.into_iter().zip(&held) {
+            o.inherit_fd.push(rpc::InheritFd {
+                key,
+                fd: next_target,
+            });
+            fds.push((next_target, fd.as_fd()));
+            next_target += 1;
         }
         let stdio: Vec<BorrowedFd<'_>> = if opts.flags.shell_job {
             // SAFETY: fds 0-2 of this process stay open for the whole restore.
@@ -282,12 +406,12 @@ impl Runtime {
         let (netns, ns_fds) = restore_namespaces(spec)?;
         o.join_ns.extend(netns);
         for (key, file) in &ns_fds {
-            let target = 4 + i32::try_from(fds.len()).unwrap_or(0);
             o.inherit_fd.push(rpc::InheritFd {
                 key: key.clone(),
-                fd: target,
+                fd: next_target,
             });
-            fds.push((target, file.as_fd()));
+            fds.push((next_target, file.as_fd()));
+            next_target += 1;
         }
 
         let session = criu

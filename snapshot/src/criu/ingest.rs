@@ -159,10 +159,23 @@ pub struct MaterializeReport {
     pub files: usize,
     /// Bytes of `pages-*.img` written.
     pub page_bytes: u64,
+    /// Bytes left to the lazy-pages server.
+    pub lazy_bytes: u64,
 }
 
 /// Writes the images of the snapshot `reader` reads into `dir` (existing and empty), files 0600.
 pub fn materialize(reader: &Reader, dir: &Path) -> Result<MaterializeReport> {
+    materialize_with(reader, dir, false)
+}
+
+/// Like [`materialize`] for a lazy restore: in task pagemaps, the entries CRIU flagged lazy
+/// lose `PE_PRESENT` and their pages stay out of `pages-*.img`; the lazy-pages server
+/// ([`crate::lazy`]) serves them from the store. Only the eager pages are read here.
+pub fn materialize_lazy(reader: &Reader, dir: &Path) -> Result<MaterializeReport> {
+    materialize_with(reader, dir, true)
+}
+
+fn materialize_with(reader: &Reader, dir: &Path, lazy: bool) -> Result<MaterializeReport> {
     let mut report = MaterializeReport::default();
     let blobs: Vec<String> = reader
         .objects()
@@ -177,16 +190,29 @@ pub fn materialize(reader: &Reader, dir: &Path) -> Result<MaterializeReport> {
                 reason: format!("blob name {name:?} is not a plain file name"),
             });
         }
-        let bytes = reader.read_blob(&name)?;
+        let mut bytes = reader.read_blob(&name)?;
+        let pagemap = if is_pagemap(&name) {
+            let mut pm = Pagemap::parse(&name, &bytes)?;
+            let full = pm.clone();
+            if lazy && crate::lazy::task_pid(&name).is_some() {
+                for e in &mut pm.entries {
+                    if crate::lazy::is_lazy(e.pe_flags()) {
+                        e.flags = Some(e.pe_flags() & !PE_PRESENT);
+                        report.lazy_bytes += e.len();
+                    }
+                }
+                bytes = pm.encode();
+            }
+            Some((full, pm))
+        } else {
+            None
+        };
         let path = dir.join(&name);
         create(&path)?
             .write_all(&bytes)
             .map_err(io(&path, "write"))?;
         report.files += 1;
-        if !is_pagemap(&name) {
-            continue;
-        }
-        let pm = Pagemap::parse(&name, &bytes)?;
+        let Some((full, pm)) = pagemap else { continue };
         let pages_path = dir.join(format!("pages-{}.img", pm.pages_id));
         let out = create(&pages_path)?;
         out.set_len(pm.present_bytes())
@@ -194,7 +220,11 @@ pub fn materialize(reader: &Reader, dir: &Path) -> Result<MaterializeReport> {
         let object = object_name(&name);
         let mut buf = vec![0u8; PIECE];
         let mut at = 0u64;
-        for e in pm.entries.iter().filter(|e| e.present()) {
+        // `full` and `pm` list the same entries; only those still present are written.
+        for (e, kept) in full.entries.iter().zip(&pm.entries) {
+            if !e.present() || !kept.present() {
+                continue;
+            }
             let mut done = 0u64;
             while done < e.len() {
                 let n = usize::try_from((e.len() - done).min(PIECE as u64)).unwrap_or(PIECE);

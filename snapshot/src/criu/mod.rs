@@ -16,7 +16,7 @@ use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-pub use ingest::{ingest, materialize, IngestReport, MaterializeReport};
+pub use ingest::{ingest, materialize, materialize_lazy, IngestReport, MaterializeReport};
 pub use swrk::{Session, SpawnOptions};
 
 use crate::{Error, Result};
