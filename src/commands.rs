@@ -245,6 +245,13 @@ pub enum Command {
         /// Write the report (JSON) here when every page is in.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Kill every process of this cgroup directory if the server dies before every page
+        /// is in.
+        #[arg(long = "kill-cgroup")]
+        kill_cgroup: Option<PathBuf>,
+        /// The container's state directory (gets lazy-pages.error when the watcher kills it).
+        #[arg(long = "state-dir")]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -542,7 +549,17 @@ pub fn run(cli: &Cli) -> Result<u8> {
             socket,
             ready_fd,
             report,
-        } => crate::lazy_cli::run(store, snapshot, socket, *ready_fd, report.as_deref())?,
+            kill_cgroup,
+            state_dir,
+        } => crate::lazy_cli::run(&crate::lazy_cli::Args {
+            store,
+            snapshot,
+            socket,
+            ready_fd: *ready_fd,
+            report: report.as_deref(),
+            kill_cgroup: kill_cgroup.as_deref(),
+            state_dir: state_dir.as_deref(),
+        })?,
     }
     Ok(0)
 }

@@ -605,3 +605,63 @@ fn lazy_restore_runs_at_once_and_streams_memory_in_bit_identical() {
     ]);
     assert!(ws.to_lowercase().contains("working set"), "{ws}");
 }
+
+#[test]
+fn a_lazy_restore_whose_server_dies_is_killed_not_left_with_missing_memory() {
+    skip_unless_criu!();
+    let env = Env::new("lazykill");
+    let store = env.dir.path().join("store");
+    // Enough memory that the server is still filling when it is killed.
+    let (id, pid) = env.detach(
+        "c",
+        &sh_config(
+            "big=$(head -c 48000000 /dev/urandom | base64); i=0; \
+             while :; do i=$((i+1)); echo $i > /tmp/count; usleep 20000; done",
+        ),
+    );
+    wait_count_past(pid, 2);
+    env.ok(&[
+        "checkpoint",
+        "--store",
+        store.to_str().unwrap(),
+        "--snapshot",
+        "k:v1",
+        &id,
+    ]);
+    let bundle = env.dir.path().join("c");
+    let rid = env.id("r");
+    env.ok(&[
+        "restore",
+        "-d",
+        "--lazy-pages",
+        "--store",
+        store.to_str().unwrap(),
+        "--snapshot",
+        "k:v1",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        &rid,
+    ]);
+    let state_dir = env.root.join(&rid);
+    let daemon: i32 = std::fs::read_to_string(state_dir.join("lazy-pages.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) of the server this test's restore started.
+    unsafe { libc::kill(daemon, libc::SIGKILL) };
+    if state_dir.join("lazy-pages.json").exists() {
+        println!("skipped: the server finished before it could be killed");
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.status(&rid) != "stopped" {
+        assert!(
+            Instant::now() < deadline,
+            "the container still runs after its lazy-pages server died"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let why = std::fs::read_to_string(state_dir.join("lazy-pages.error")).unwrap();
+    assert!(why.contains("killed"), "{why}");
+}

@@ -102,6 +102,7 @@ impl Runtime {
         snapshot: &str,
         socket: &Path,
         state: &Path,
+        cgroup: &dyn CgroupManager,
     ) -> Result<LazyDaemon> {
         use std::io::Read as _;
         use std::os::unix::process::CommandExt as _;
@@ -121,7 +122,18 @@ impl Runtime {
             .arg("3")
             .arg("--report")
             .arg(state.join("lazy-pages.json"))
-            .stdin(std::process::Stdio::null())
+            .arg("--state-dir")
+            .arg(state);
+        // Any one hierarchy lists every process of the container.
+        let cg = cgroup.state();
+        let kill_dir = ["freezer", "pids", "memory", cgroups::UNIFIED]
+            .iter()
+            .find_map(|k| cg.paths.get(*k))
+            .or_else(|| cg.paths.values().next());
+        if let Some(d) = kill_dir {
+            cmd.arg("--kill-cgroup").arg(d);
+        }
+        cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log);
         let w = wr.as_raw_fd();
@@ -141,6 +153,8 @@ impl Runtime {
             .spawn()
             .map_err(|e| Error::Other(format!("starting cryo lazy-pages: {e}")))?;
         drop(wr);
+        let pid_file = state.join("lazy-pages.pid");
+        let _ = fs::write(&pid_file, child.id().to_string());
         let mut guard = LazyDaemon { child: Some(child) };
         let mut byte = [0u8; 1];
         let mut rd = File::from(rd);
@@ -265,6 +279,11 @@ impl Runtime {
             }
             None => None,
         };
+        let linux = spec.linux().as_ref();
+        let cg_path = linux
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned());
+        let cgroup = cgroups::create(cg_path.as_deref(), &id)?;
         // The lazy-pages server listens in CRIU's work dir before CRIU starts; it outlives
         // this call when the restore succeeds, and is killed when it fails.
         let mut daemon = match (opts.lazy, &lazy_source) {
@@ -280,15 +299,16 @@ impl Runtime {
                     .clone()
                     .unwrap_or_else(|| images_path.clone());
                 let socket = absolute(&work_dir.join("lazy-pages.socket"))?;
-                Some(self.spawn_lazy_daemon(store, snapshot, &socket, &absolute(dir.path())?)?)
+                Some(self.spawn_lazy_daemon(
+                    store,
+                    snapshot,
+                    &socket,
+                    &absolute(dir.path())?,
+                    cgroup.as_ref(),
+                )?)
             }
         };
 
-        let linux = spec.linux().as_ref();
-        let cg_path = linux
-            .and_then(|l| l.cgroups_path().as_ref())
-            .map(|p| p.to_string_lossy().into_owned());
-        let cgroup = cgroups::create(cg_path.as_deref(), &id)?;
         let r = self.restore_with(
             dir,
             opts,

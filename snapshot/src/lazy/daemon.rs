@@ -105,12 +105,16 @@ impl Task {
     }
 }
 
+/// Called with every userfaultfd the server takes on (from CRIU, or from a fork event).
+pub type UffdHook = Box<dyn FnMut(&OwnedFd)>;
+
 /// The server, bound and waiting for CRIU.
 pub struct Server<S: PageSource> {
     listener: UnixListener,
     source: S,
     plan: LazyPlan,
     opts: ServeOptions,
+    hook: Option<UffdHook>,
 }
 
 impl<S: PageSource> Server<S> {
@@ -123,13 +127,23 @@ impl<S: PageSource> Server<S> {
             source,
             plan,
             opts,
+            hook: None,
         })
+    }
+
+    /// Calls `hook` with every userfaultfd taken on: a watcher that holds duplicates keeps the
+    /// ranges registered (faults wait instead of reading zeros) should this server die, and
+    /// can kill the restored tasks cleanly.
+    pub fn on_uffd(mut self, hook: UffdHook) -> Self {
+        self.hook = Some(hook);
+        self
     }
 
     /// Accepts CRIU's connection and serves until every lazy page is in.
     pub fn serve(self) -> Result<ServeReport> {
         let conn = accept_with_timeout(&self.listener, self.opts.accept_timeout)?;
         let mut state = State::new(self.source, self.plan, self.opts);
+        state.hook = self.hook;
         state.run(Some(conn))
     }
 }
@@ -198,6 +212,7 @@ struct State<S: PageSource> {
     buf: Vec<u8>,
     /// Faults to serve again: `(task, page)`.
     retry: Vec<(usize, u64)>,
+    hook: Option<UffdHook>,
 }
 
 impl<S: PageSource> State<S> {
@@ -217,6 +232,7 @@ impl<S: PageSource> State<S> {
             seen: Default::default(),
             buf: vec![0u8; cap],
             retry: Vec::new(),
+            hook: None,
         }
     }
 
@@ -227,6 +243,9 @@ impl<S: PageSource> State<S> {
             ))
         })?;
         let pending = plan.ranges.iter().map(|&(s, e)| (s, e)).collect();
+        if let Some(h) = self.hook.as_mut() {
+            h(&uffd);
+        }
         self.tasks.push(Task {
             uffd,
             object: plan.object.clone(),
@@ -343,6 +362,9 @@ impl<S: PageSource> State<S> {
                 Event::Fork { fd } => {
                     // SAFETY: the kernel installed `fd` in this process for the child.
                     let child = unsafe { OwnedFd::from_raw_fd(fd) };
+                    if let Some(h) = self.hook.as_mut() {
+                        h(&child);
+                    }
                     let t = &self.tasks[i];
                     let copy = Task {
                         uffd: child,

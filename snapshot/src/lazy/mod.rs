@@ -17,7 +17,7 @@ use crate::criu::ingest::object_name;
 use crate::store::manifest::ObjectKind;
 use crate::{Reader, Result};
 
-pub use daemon::{serve_fds, ServeOptions, ServeReport, Server};
+pub use daemon::{serve_fds, ServeOptions, ServeReport, Server, UffdHook};
 
 /// The lazy ranges of one task.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -130,12 +130,16 @@ pub fn run(
     reference: &str,
     socket: &std::path::Path,
     opts: ServeOptions,
+    hook: Option<UffdHook>,
     ready: impl FnOnce() -> Result<()>,
 ) -> Result<ServeReport> {
     let reader = store.reader(reference)?;
     let id = reader.id();
     let plan = plan(&reader)?;
-    let server = Server::bind(socket, reader, plan, opts)?;
+    let mut server = Server::bind(socket, reader, plan, opts)?;
+    if let Some(h) = hook {
+        server = server.on_uffd(h);
+    }
     ready()?;
     let report = server.serve()?;
     if !report.working_set.is_empty() {
