@@ -665,3 +665,106 @@ fn a_lazy_restore_whose_server_dies_is_killed_not_left_with_missing_memory() {
     let why = std::fs::read_to_string(state_dir.join("lazy-pages.error")).unwrap();
     assert!(why.contains("killed"), "{why}");
 }
+
+#[test]
+fn killing_checkpoint_midway_leaves_the_container_running_and_no_snapshot() {
+    skip_unless_criu!();
+    let env = Env::new("ckkill");
+    let store = env.dir.path().join("store");
+    let (id, pid) = env.detach(
+        "c",
+        &sh_config(
+            "big=$(head -c 48000000 /dev/urandom | base64); i=0; \
+             while :; do i=$((i+1)); echo $i > /tmp/count; usleep 20000; done",
+        ),
+    );
+    wait_count_past(pid, 2);
+    for delay_ms in [50u64, 300, 700] {
+        let mut child = env
+            .cmd()
+            .args([
+                "checkpoint",
+                "--store",
+                store.to_str().unwrap(),
+                "--snapshot",
+                "k:v1",
+                &id,
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        // CRIU (its child) finishes or aborts on its own; wait for it to let go.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let o = env.cryo(&["state", &id]);
+            if !o.status.success() {
+                // The dump completed before the kill: then the snapshot must be whole.
+                let o = env.cryo(&[
+                    "snapshot",
+                    "--store",
+                    store.to_str().unwrap(),
+                    "verify",
+                    "k:v1",
+                ]);
+                assert!(
+                    o.status.success(),
+                    "a checkpoint that stopped the container left no valid snapshot"
+                );
+                println!("checkpoint completed before the kill at {delay_ms} ms");
+                return;
+            }
+            let st: Value = serde_json::from_slice(&o.stdout).unwrap();
+            if st["status"] == "running" {
+                let n = count(pid);
+                std::thread::sleep(Duration::from_millis(100));
+                if count(pid) > n {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} neither running nor checkpointed: {st}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let ls = env.cryo(&["snapshot", "--store", store.to_str().unwrap(), "ls"]);
+        let ls = String::from_utf8_lossy(&ls.stdout);
+        assert!(
+            !ls.contains("k:v1")
+                || env
+                    .cryo(&[
+                        "snapshot",
+                        "--store",
+                        store.to_str().unwrap(),
+                        "verify",
+                        "k:v1"
+                    ])
+                    .status
+                    .success(),
+            "{ls}"
+        );
+    }
+    // The store's debris goes with gc, and a checkpoint still works afterwards.
+    env.ok(&["snapshot", "--store", store.to_str().unwrap(), "gc"]);
+    env.ok(&[
+        "checkpoint",
+        "--leave-running",
+        "--store",
+        store.to_str().unwrap(),
+        "--snapshot",
+        "k:v2",
+        &id,
+    ]);
+    env.ok(&[
+        "snapshot",
+        "--store",
+        store.to_str().unwrap(),
+        "verify",
+        "k:v2",
+    ]);
+}
