@@ -264,13 +264,35 @@ impl StateDir {
         fs::rename(&tmp, &p).io_ctx(&p)
     }
 
-    /// Removes the whole state dir.
+    /// Removes the whole state dir. Mounts left below it (a restore's bind of the rootfs
+    /// as CRIU's root, when the restoring process was killed) are detached first: removing
+    /// through them would delete the container's rootfs.
     pub fn remove(self) -> Result<()> {
+        detach_mounts_below(&self.path);
         match fs::remove_dir_all(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io(&self.path, e)),
         }
+    }
+}
+
+/// Detaches (MNT_DETACH) every mount at or below `dir`, deepest first.
+fn detach_mounts_below(dir: &Path) {
+    let Ok(abs) = fs::canonicalize(dir) else {
+        return;
+    };
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = crate::rootfs::mounts::parse_mountinfo(&text)
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(&abs))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -358,5 +380,38 @@ mod tests {
             StateDir::open(root.path(), "y"),
             Err(Error::NotFound(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod remove_tests {
+    use super::*;
+
+    #[test]
+    fn removing_a_state_dir_never_deletes_through_a_mount_below_it() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("skipped: mounting needs root");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let rootfs = t.path().join("rootfs");
+        fs::create_dir_all(rootfs.join("bin")).unwrap();
+        fs::write(rootfs.join("bin/sh"), b"precious").unwrap();
+        let root = t.path().join("state");
+        let dir = StateDir::create(&root, "c1").unwrap();
+        let bind = dir.path().join("criu-root");
+        fs::create_dir(&bind).unwrap();
+        nix::mount::mount(
+            Some(&rootfs),
+            &bind,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        dir.remove().unwrap();
+        assert!(!root.join("c1").exists());
+        assert_eq!(fs::read(rootfs.join("bin/sh")).unwrap(), b"precious");
     }
 }

@@ -37,7 +37,7 @@ pub struct PagemapEntry {
     /// First page's address (dump-time, in the task).
     #[prost(uint64, required, tag = "1")]
     pub vaddr: u64,
-    /// Number of pages.
+    /// Number of pages as CRIU 4.0–4.1 write it (`compat_nr_pages` from 4.2 on, then 0).
     #[prost(uint32, required, tag = "2")]
     pub nr_pages: u32,
     /// Old-style "in parent" flag.
@@ -46,6 +46,9 @@ pub struct PagemapEntry {
     /// `PE_*` flags.
     #[prost(uint32, optional, tag = "4")]
     pub flags: Option<u32>,
+    /// Number of pages, 64-bit (CRIU 4.2 and later).
+    #[prost(uint64, optional, tag = "5")]
+    pub nr_pages_wide: Option<u64>,
 }
 
 impl PagemapEntry {
@@ -64,14 +67,19 @@ impl PagemapEntry {
         self.pe_flags() & PE_PRESENT != 0
     }
 
+    /// The number of pages, whichever field carries it.
+    pub fn pages(&self) -> u64 {
+        self.nr_pages_wide.unwrap_or(u64::from(self.nr_pages))
+    }
+
     /// The entry's length in bytes.
     pub fn len(&self) -> u64 {
-        u64::from(self.nr_pages) * PAGE
+        self.pages() * PAGE
     }
 
     /// Whether the entry covers no page.
     pub fn is_empty(&self) -> bool {
-        self.nr_pages == 0
+        self.pages() == 0
     }
 }
 
@@ -210,6 +218,20 @@ mod tests {
         assert_eq!(pm.encode(), REAL);
     }
 
+    /// An entry as CRIU 4.2.1 writes it: `compat_nr_pages` 0, the count in field 5.
+    #[test]
+    fn reads_the_wide_page_count_of_criu_4_2() {
+        let bytes: &[u8] = &[
+            0x19, 0x43, 0x56, 0x54, 0x25, 0x40, 0x08, 0x56, 0x02, 0x00, 0x00, 0x00, 0x08, 0x01,
+            0x0b, 0x00, 0x00, 0x00, 0x08, 0x80, 0xa0, 0x80, 0x02, 0x10, 0x00, 0x20, 0x04, 0x28,
+            0x01,
+        ];
+        let pm = Pagemap::parse("pagemap-1.img", bytes).unwrap();
+        assert_eq!(pm.entries[0].pages(), 1);
+        assert_eq!(pm.present_bytes(), 4096);
+        assert_eq!(pm.encode(), bytes, "both counts survive a rewrite");
+    }
+
     #[test]
     fn bad_pagemaps_name_the_file_and_the_problem() {
         let e = Pagemap::parse("pagemap-9.img", b"junkjunk")
@@ -227,6 +249,7 @@ mod tests {
                 nr_pages: 1,
                 in_parent: None,
                 flags: Some(PE_PRESENT),
+                nr_pages_wide: None,
             }],
         }
         .encode();

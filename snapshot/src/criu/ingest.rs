@@ -263,6 +263,7 @@ mod tests {
             nr_pages,
             in_parent: None,
             flags: Some(flags),
+            nr_pages_wide: None,
         }
     }
 

@@ -30,7 +30,6 @@ use crate::{Error, Result};
 /// The end-of-restore marker CRIU sends in place of a pid.
 const RESTORE_FINISHED: i32 = 0x5253_5446;
 const PAGE: u64 = 4096;
-const PAGE_USIZE: usize = 4096;
 
 /// How the server copies.
 #[derive(Debug, Clone, Copy)]
@@ -260,8 +259,14 @@ impl<S: PageSource> State<S> {
             if self.finished && self.tasks.iter().all(|t| t.pending.is_empty()) {
                 break;
             }
-            let busy = self.finished;
-            let ready = self.poll_once(conn.as_ref(), if busy { 0 } else { 200 })?;
+            let timeout = if self.finished {
+                0
+            } else if !self.retry.is_empty() {
+                1
+            } else {
+                200
+            };
+            let ready = self.poll_once(conn.as_ref(), timeout)?;
             if ready.conn {
                 match self.read_control(conn.as_mut().map(|c| c as &mut UnixStream)) {
                     Ok(true) => {}
@@ -403,38 +408,57 @@ impl<S: PageSource> State<S> {
     /// Answers a fault at `page` of task `i`.
     fn fault(&mut self, i: usize, page: u64) -> Result<()> {
         self.report.faults += 1;
+        if self.tasks[i].range_of(page).is_some() {
+            let key = (self.tasks[i].object.clone(), page);
+            if self.seen.insert(key.clone()) {
+                self.report.working_set.push(key);
+            }
+        }
+        self.serve_page(i, page)
+    }
+
+    /// Maps `page` of task `i`: a window of its pending range from the store, or a zero page
+    /// where nothing is pending (not lazy, or dropped by a remove). A copy the kernel refuses
+    /// for now (`EAGAIN` while the task's address space changes, as during CRIU's restorer)
+    /// is retried: the faulting thread waits until then.
+    fn serve_page(&mut self, i: usize, page: u64) -> Result<()> {
         let Some((s, e)) = self.tasks[i].range_of(page) else {
-            // Not lazy, or dropped by a remove: the page reads as zeros.
-            if uffd::zeropage(&self.tasks[i].uffd, page, PAGE)
+            match uffd::zeropage(&self.tasks[i].uffd, page, PAGE)
                 .map_err(|e| lazy_io("zeropage", e))?
-                == Copied::Done
             {
-                self.report.zero_bytes += PAGE;
+                Copied::Done => self.report.zero_bytes += PAGE,
+                Copied::Again => self.retry.push((i, page)),
+                Copied::Exists | Copied::Gone | Copied::Dead => {}
             }
             return Ok(());
         };
-        let key = (self.tasks[i].object.clone(), page);
-        if self.seen.insert(key.clone()) {
-            self.report.working_set.push(key);
-        }
         let w = self.opts.fault_window;
         let start = (page / w * w).max(s);
         let end = (page / w * w + w).min(e);
         self.copy_range(i, start, end)
     }
 
-    /// Copies `[start, end)` (inside one pending range) of task `i` from the store. Pages the
-    /// kernel refuses for now (`EAGAIN`: a fork or remap of the task is in flight) stay
-    /// pending and are retried once the task's events are read.
+    /// Copies `[start, end)` (inside one pending range) of task `i` from the store.
     fn copy_range(&mut self, i: usize, start: u64, end: u64) -> Result<()> {
         let len = usize::try_from(end - start).unwrap_or(0);
         let object = self.tasks[i].object.clone();
         self.source
             .read(&object, start, &mut self.buf[..len])
             .map_err(|e| lazy_err(format!("{object} at {start:#x}: {e}")))?;
-        let data = &self.buf[..len];
-        let fd = &self.tasks[i].uffd;
+        self.copy_span(i, start, start, end)
+    }
+
+    /// Copies `[start, end)` of task `i` from `self.buf` (which holds the bytes from `base`).
+    /// A pagemap entry may span several VMAs and one copy must stay inside one, and pages may
+    /// be in already: when the kernel refuses the whole span (`ENOENT`, `EEXIST`, or `EAGAIN`
+    /// mid-fork) it is halved until each page gets its own answer. Pages refused with
+    /// `EAGAIN` stay pending and are retried once the task's events are read.
+    fn copy_span(&mut self, i: usize, base: u64, start: u64, end: u64) -> Result<()> {
+        let off = usize::try_from(start - base).unwrap_or(0);
+        let len = usize::try_from(end - start).unwrap_or(0);
+        let data = &self.buf[off..off + len];
         let zero = data.iter().fold(0u8, |a, &b| a | b) == 0;
+        let fd = &self.tasks[i].uffd;
         let r = if zero {
             uffd::zeropage(fd, start, end - start)
         } else {
@@ -447,32 +471,14 @@ impl<S: PageSource> State<S> {
                 self.count(zero, end - start);
                 self.tasks[i].take(start, end);
             }
-            Copied::Gone => self.tasks[i].take(start, end),
             Copied::Dead => self.tasks[i].pending.clear(),
-            Copied::Exists | Copied::Again => {
-                // Part of the range is in (or the task is mid-fork): page by page.
-                for p in (start..end).step_by(PAGE_USIZE) {
-                    let off = usize::try_from(p - start).unwrap_or(0);
-                    let page = &self.buf[off..off + PAGE_USIZE];
-                    let fd = &self.tasks[i].uffd;
-                    let r = uffd::copy(fd, p, page).map_err(|e| lazy_io("copy", e))?;
-                    match r {
-                        Copied::Done => {
-                            self.report.copied_bytes += PAGE;
-                            self.tasks[i].take(p, p + PAGE);
-                        }
-                        Copied::Exists | Copied::Gone => self.tasks[i].take(p, p + PAGE),
-                        Copied::Dead => {
-                            self.tasks[i].pending.clear();
-                            return Ok(());
-                        }
-                        Copied::Again => {
-                            self.retry.push((i, p));
-                            return Ok(());
-                        }
-                    }
-                }
+            _ if end - start > PAGE => {
+                let mid = start + (end - start) / PAGE / 2 * PAGE;
+                self.copy_span(i, base, start, mid)?;
+                self.copy_span(i, base, mid, end)?;
             }
+            Copied::Exists | Copied::Gone => self.tasks[i].take(start, end),
+            Copied::Again => self.retry.push((i, start)),
         }
         Ok(())
     }
@@ -481,12 +487,7 @@ impl<S: PageSource> State<S> {
     fn retry_faults(&mut self) -> Result<()> {
         for (i, page) in std::mem::take(&mut self.retry) {
             if i < self.tasks.len() {
-                if let Some((s, e)) = self.tasks[i].range_of(page) {
-                    let w = self.opts.fault_window;
-                    let start = (page / w * w).max(s).max(page);
-                    let end = (page / w * w + w).min(e);
-                    self.copy_range(i, start, end)?;
-                }
+                self.serve_page(i, page)?;
             }
         }
         Ok(())
