@@ -391,6 +391,7 @@ fn checkpoint_into_the_store_and_restore_replicas_from_it() {
     // Nothing of the raw dump stays behind in the state directory.
     let state_dir = env.root.join(&id);
     assert!(!state_dir.join("dump").exists());
+    assert!(!Path::new(&format!("/dev/shm/cryo/{id}.dump")).exists());
 
     // Three replicas of one snapshot, side by side, by name and by ID.
     let bundle = env.dir.path().join("c");
@@ -469,6 +470,10 @@ fn a_failed_ingest_thaws_the_container_and_a_corrupt_snapshot_is_refused() {
     let n = count(pid);
     wait_count_past(pid, n + 3);
     assert!(!env.root.join(&id).join("dump").exists(), "staging removed");
+    assert!(
+        !Path::new(&format!("/dev/shm/cryo/{id}.dump")).exists(),
+        "staging removed"
+    );
 
     let out = env.ok(&[
         "checkpoint",

@@ -4,12 +4,16 @@
 //! Every scenario runs warm-up rounds, then N rounds in which each system runs once, in an
 //! order rotated every round, so machine noise is spread over all systems alike. Results go to
 //! a results directory as JSON (machine, versions, date, every sample) and a markdown table.
+//! Scenarios: `lifecycle` (create/start/wait/delete of /bin/true) and `checkpoint` (checkpoint
+//! and restore-until-answer of a python workload, runc + CRIU against cryo).
 //! The whole-command scenarios need root; the criterion micro-benchmarks (`cargo bench`) don't.
 
+mod checkpoint;
 mod lifecycle;
 mod report;
 mod runtimes;
 mod stats;
+mod workload;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -53,6 +57,32 @@ enum Scenario {
         /// Bundle directory to (re)build and use.
         #[arg(long, default_value = "/tmp/cryo-bench/bundle")]
         bundle: PathBuf,
+    },
+    /// checkpoint and restore (until the restored process answers) of a python workload
+    /// container: runc + CRIU, cryo with an image directory, cryo with its snapshot store.
+    Checkpoint {
+        /// The workload's resident memory in MiB (½ random, ¼ zero, ¼ text; a multiple of 4).
+        #[arg(long = "size-mib", default_value_t = 256)]
+        size_mib: u64,
+        /// Measured rounds (each runs every system once).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Unmeasured rounds first.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// runc binaries to compare (repeatable; the first is the reference); default: the
+        /// newest of Debian's and /var/cache/cryo/refs/bin's.
+        #[arg(long)]
+        runc: Vec<PathBuf>,
+        /// Drop the page cache between checkpoint and restore (restore from disk).
+        #[arg(long = "drop-caches")]
+        drop_caches: bool,
+        /// Results directory.
+        #[arg(long, default_value = "results/checkpoint")]
+        out: PathBuf,
+        /// Working directory for the bundle, state, images and stores (on disk, not tmpfs).
+        #[arg(long, default_value = "/var/tmp/cryo-bench/checkpoint")]
+        work: PathBuf,
     },
 }
 
@@ -204,6 +234,163 @@ fn lifecycle(
     Ok(())
 }
 
+#[derive(Serialize)]
+struct CheckpointReport<'a> {
+    scenario: &'static str,
+    machine: Machine,
+    size_mib: u64,
+    warmup: usize,
+    runs: usize,
+    drop_caches: bool,
+    criu: Option<String>,
+    reference: &'a str,
+    systems: &'a [checkpoint::Outcome],
+}
+
+/// Options of the checkpoint scenario.
+struct CheckpointOpts<'a> {
+    size_mib: u64,
+    runs: usize,
+    warmup: usize,
+    runc: &'a [PathBuf],
+    drop_caches: bool,
+    out: &'a Path,
+    work: &'a Path,
+}
+
+fn checkpoint(o: &CheckpointOpts) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the checkpoint scenario runs real containers and CRIU: run it as root");
+    }
+    if o.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    if o.size_mib == 0 || !o.size_mib.is_multiple_of(4) {
+        bail!(
+            "--size-mib must be a positive multiple of 4, got {}",
+            o.size_mib
+        );
+    }
+    let runcs = if o.runc.is_empty() {
+        runtimes::newest("runc").into_iter().collect()
+    } else {
+        o.runc
+            .iter()
+            .map(|p| Runtime::probe("runc", p))
+            .collect::<Result<Vec<_>>>()?
+    };
+    if runcs.is_empty() {
+        eprintln!("cryo-bench: no runc found: measuring cryo alone");
+    }
+    let cryo = runtimes::cryo()?;
+    let mut systems: Vec<checkpoint::System> = runcs
+        .iter()
+        .map(|r| checkpoint::System::new(r, checkpoint::Method::ImageDir))
+        .collect();
+    systems.push(checkpoint::System::new(&cryo, checkpoint::Method::ImageDir));
+    systems.push(checkpoint::System::new(&cryo, checkpoint::Method::Store));
+    systems.push(checkpoint::System::new(
+        &cryo,
+        checkpoint::Method::StoreLazy,
+    ));
+
+    let workload = workload::bundle(&repo_root(), o.work, o.size_mib)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(o.work)
+        .with_context(|| format!("creating a scratch directory in {}", o.work.display()))?;
+    let roots: Vec<PathBuf> = (0..systems.len())
+        .map(|k| scratch.path().join(format!("state{k}")))
+        .collect();
+    let bench = checkpoint::Bench {
+        workload,
+        scratch: scratch.path().to_path_buf(),
+        drop_caches: o.drop_caches,
+        timeout: std::time::Duration::from_secs(120),
+    };
+    let names: Vec<&str> = systems.iter().map(|s| s.name.as_str()).collect();
+    eprintln!(
+        "cryo-bench checkpoint: {} MiB; {} ({} warm-up + {} rounds, interleaved)",
+        o.size_mib,
+        names.join(", "),
+        o.warmup,
+        o.runs
+    );
+
+    let mut outcomes: Vec<checkpoint::Outcome> = systems
+        .into_iter()
+        .map(|system| checkpoint::Outcome {
+            system,
+            failed: None,
+            samples: Vec::new(),
+            summary: None,
+            ratios: None,
+        })
+        .collect();
+    let progress = Progress::new("checkpoint", o.warmup + o.runs);
+    let pid = std::process::id();
+    for round in 0..o.warmup + o.runs {
+        for k in 0..outcomes.len() {
+            let i = (round + k) % outcomes.len();
+            if outcomes[i].failed.is_some() {
+                continue;
+            }
+            let tag = format!("{pid}-{round}-{i}");
+            match bench.once(&outcomes[i].system, &roots[i], &tag) {
+                Ok(s) if round >= o.warmup => outcomes[i].samples.push(s),
+                Ok(_) => {}
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    eprintln!(
+                        "cryo-bench: {} failed in round {round}, left out from now on: {msg}",
+                        outcomes[i].system.name
+                    );
+                    outcomes[i].failed = Some(msg);
+                }
+            }
+        }
+        progress.tick(round + 1);
+    }
+
+    let reference = 0;
+    checkpoint::finish(&mut outcomes, reference);
+    let ref_name = outcomes[reference].system.name.clone();
+    let md = format!(
+        "Workload: {} MiB python (½ random, ¼ zero, ¼ text){}.\n\n{}",
+        o.size_mib,
+        if o.drop_caches {
+            ", page cache dropped before each restore"
+        } else {
+            ""
+        },
+        checkpoint::markdown(&outcomes, &ref_name)
+    );
+    print!("{md}");
+    let rep = CheckpointReport {
+        scenario: "checkpoint",
+        machine: Machine::current(),
+        size_mib: o.size_mib,
+        warmup: o.warmup,
+        runs: o.runs,
+        drop_caches: o.drop_caches,
+        criu: checkpoint::criu_version(),
+        reference: &ref_name,
+        systems: &outcomes,
+    };
+    report::write(o.out, "checkpoint", &rep, &md)?;
+    eprintln!("cryo-bench: results in {}", o.out.display());
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|x| x.failed.is_some())
+        .map(|x| x.system.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.scenario {
@@ -214,5 +401,22 @@ fn main() -> Result<()> {
             out,
             bundle,
         } => lifecycle(runs, warmup, &runtimes, &out, &bundle),
+        Scenario::Checkpoint {
+            size_mib,
+            runs,
+            warmup,
+            runc,
+            drop_caches,
+            out,
+            work,
+        } => checkpoint(&CheckpointOpts {
+            size_mib,
+            runs,
+            warmup,
+            runc: &runc,
+            drop_caches,
+            out: &out,
+            work: &work,
+        }),
     }
 }

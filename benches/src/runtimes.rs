@@ -61,8 +61,8 @@ pub fn parse_spec(s: &str) -> Result<Runtime> {
     Runtime::probe(kind, Path::new(path))
 }
 
-/// cryo beside the running executable, then every runc/crun found, newest references too.
-pub fn discover() -> Result<Vec<Runtime>> {
+/// The cryo binary beside the running executable.
+pub fn cryo() -> Result<Runtime> {
     let exe = std::env::current_exe().context("locating cryo-bench")?;
     let cryo = exe.with_file_name("cryo");
     if !cryo.exists() {
@@ -71,18 +71,57 @@ pub fn discover() -> Result<Vec<Runtime>> {
             cryo.display()
         );
     }
-    let mut out = vec![Runtime::probe("cryo", &cryo)?];
+    Runtime::probe("cryo", &cryo)
+}
+
+/// Orders versions such as `1.1.5` and `1.3.6+ds1` by their numeric parts.
+fn version_key(v: &str) -> Vec<u64> {
+    v.split(['.', '+', '-', '~'])
+        .map_while(|p| p.parse().ok())
+        .collect()
+}
+
+/// The newest of Debian's and the reference `kind` (runc or crun) found on this machine.
+pub fn newest(kind: &str) -> Option<Runtime> {
+    discover_refs()
+        .into_iter()
+        .filter(|r| r.kind == kind)
+        .max_by(|a, b| version_key(&a.version).cmp(&version_key(&b.version)))
+}
+
+/// Every runc/crun found: Debian's and the newest references.
+fn discover_refs() -> Vec<Runtime> {
+    let mut out: Vec<Runtime> = Vec::new();
     let refs = Path::new(REFS_BIN);
     for (kind, debian) in [("crun", "/usr/bin/crun"), ("runc", "/usr/sbin/runc")] {
         for p in [PathBuf::from(debian), refs.join(kind)] {
             if p.exists() {
                 match Runtime::probe(kind, &p) {
-                    Ok(r) if !out.iter().any(|o: &Runtime| o.name == r.name) => out.push(r),
+                    Ok(r) if !out.iter().any(|o| o.name == r.name) => out.push(r),
                     Ok(_) => {}
                     Err(e) => eprintln!("cryo-bench: skipping {}: {e:#}", p.display()),
                 }
             }
         }
     }
+    out
+}
+
+/// cryo beside the running executable, then every runc/crun found, newest references too.
+pub fn discover() -> Result<Vec<Runtime>> {
+    let mut out = vec![cryo()?];
+    out.extend(discover_refs());
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_order_numerically() {
+        assert!(version_key("1.3.6+ds1") > version_key("1.1.15"));
+        assert!(version_key("1.28") > version_key("1.8.1"));
+        assert_eq!(version_key("1.1.5"), vec![1, 1, 5]);
+    }
 }

@@ -74,6 +74,22 @@ impl Notify for PublishAtPostDump<'_> {
     }
 }
 
+/// Where CRIU's raw images wait for ingest: `fallback` (in the state directory) when that is
+/// on a tmpfs, else a private directory in /dev/shm.
+fn staging_dir(fallback: &Path, id: &str) -> Result<std::path::PathBuf> {
+    let fallback = absolute(fallback)?;
+    let on_tmpfs = |p: &Path| {
+        nix::sys::statfs::statfs(p)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+    };
+    if fallback.parent().is_some_and(on_tmpfs) || !on_tmpfs(Path::new("/dev/shm")) {
+        return Ok(fallback);
+    }
+    let shm = Path::new("/dev/shm/cryo");
+    mkdir_0700(shm)?;
+    Ok(shm.join(format!("{id}.dump")))
+}
+
 /// What a checkpoint produced.
 #[derive(Debug, Clone, Default)]
 pub struct CheckpointReport {
@@ -110,17 +126,25 @@ impl Runtime {
                     None => Store::open_default(),
                 }
                 .map_err(|e| Error::Other(format!("snapshot store: {e}")))?;
-                // CRIU's raw images go to the state directory (tmpfs under /run) and leave it
-                // compressed, deduplicated and verified-on-read in the store.
-                let staging = absolute(&dir.path().join("dump"))?;
+                // CRIU's raw images go to a tmpfs and leave it compressed, deduplicated and
+                // verified-on-read in the store. Never on the store's disk: the store's commit
+                // syncs its filesystem, which would write the raw images out first.
+                let staging = staging_dir(&dir.path().join("dump"), &st.id)?;
                 let name = name.clone();
                 let report = &mut report;
                 let s2 = staging.clone();
                 (
                     staging,
                     Box::new(move || {
+                        let t0 = std::time::Instant::now();
                         let r = ingest(&store, &s2, Some(&name), WriterOptions::default())
                             .map_err(|e| Error::Other(format!("snapshot {name}: {e}")))?;
+                        tracing::debug!(
+                            ms = t0.elapsed().as_secs_f64() * 1e3,
+                            page_bytes = r.page_bytes,
+                            new_stored = r.stats.new_stored_bytes,
+                            "ingested the dump into the store"
+                        );
                         report.snapshot = Some(r.id);
                         report.stats = Some(r.stats);
                         report.page_bytes = r.page_bytes;
@@ -155,7 +179,12 @@ impl Runtime {
             published: false,
             error: None,
         };
+        let t0 = std::time::Instant::now();
         let r = self.dump_into(&criu, &st, &staging, opts, &mut notify);
+        tracing::debug!(
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            "criu dump (publish included)"
+        );
         let r = match (r, notify.error.take()) {
             (_, Some(e)) => Err(e),
             (Ok(()), None) if !notify.published => (notify.publish)(),

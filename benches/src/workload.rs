@@ -1,0 +1,148 @@
+//! The checkpoint scenario's workload (DESIGN.md's: ½ random, ¼ zero, ¼ text, all resident):
+//! examples/model-server.py in the python bundle, answering on a unix socket that lives in a
+//! host directory bind-mounted into the container, so the harness can ask it from outside.
+//!
+//! This module builds the bundle and asks the server; it knows nothing of runtimes.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+/// Where the socket directory is mounted inside the container.
+const SOCK_DIR_IN_CONTAINER: &str = "/run/bench";
+const SOCK_NAME: &str = "model.sock";
+/// What the server writes beside its socket when it fails to start.
+const ERR_NAME: &str = "model-server.err";
+
+/// A built bundle and where to reach its server from the host.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// The bundle directory (absolute: runc chdirs into it on restore).
+    pub bundle: PathBuf,
+    /// Host directory bind-mounted at `/run/bench`.
+    pub sock_dir: PathBuf,
+    /// The server's socket, seen from the host.
+    pub socket: PathBuf,
+}
+
+/// Builds (or refreshes) the python bundle under `dir` running model-server.py over
+/// `size_mib` MiB, and the host socket directory beside it.
+pub fn bundle(repo: &Path, dir: &Path, size_mib: u64) -> Result<Workload> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    let bundle = dir.join("bundle");
+    let sock_dir = dir.join("sock");
+    let script = repo.join("examples/python-bundle.sh");
+    let socket_in = format!("{SOCK_DIR_IN_CONTAINER}/{SOCK_NAME}");
+    let st = Command::new(&script)
+        .arg(&bundle)
+        .args(["/usr/bin/python3", "/srv/model-server.py", &socket_in])
+        .arg(size_mib.to_string())
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !st.success() {
+        bail!("{} failed: {st}", script.display());
+    }
+    let rootfs = bundle.join("rootfs");
+    for d in [
+        rootfs.join("srv"),
+        rootfs.join("run/bench"),
+        sock_dir.clone(),
+    ] {
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let src = repo.join("examples/model-server.py");
+    std::fs::copy(&src, rootfs.join("srv/model-server.py"))
+        .with_context(|| format!("copying {}", src.display()))?;
+
+    let cfg_path = bundle.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(
+        &std::fs::read(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", cfg_path.display()))?;
+    let mounts = cfg["mounts"]
+        .as_array_mut()
+        .with_context(|| format!("{}: no mounts array", cfg_path.display()))?;
+    mounts.push(json!({
+        "destination": SOCK_DIR_IN_CONTAINER,
+        "type": "bind",
+        "source": sock_dir,
+        "options": ["rbind", "rw"],
+    }));
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)
+        .with_context(|| format!("writing {}", cfg_path.display()))?;
+    Ok(Workload {
+        socket: sock_dir.join(SOCK_NAME),
+        bundle,
+        sock_dir,
+    })
+}
+
+impl Workload {
+    /// One request: the server's answer line (`ok <sha256 of sampled memory>`).
+    pub fn ask(&self, timeout: Duration) -> std::io::Result<String> {
+        let mut s = UnixStream::connect(&self.socket)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        s.write_all(b"sum\n")?;
+        let mut buf = Vec::with_capacity(128);
+        s.read_to_end(&mut buf)?;
+        let line = String::from_utf8_lossy(&buf).trim().to_string();
+        if !line.starts_with("ok ") {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("unexpected answer {line:?}"),
+            ));
+        }
+        Ok(line)
+    }
+
+    /// Asks every `poll` until the server answers, `failed` reports an error (checked
+    /// between tries, e.g. a restore command that exited non-zero) or `timeout` passes.
+    /// Returns the answer and when it arrived.
+    pub fn wait_answer(
+        &self,
+        timeout: Duration,
+        poll: Duration,
+        mut failed: impl FnMut() -> Option<anyhow::Error>,
+    ) -> Result<(String, Instant)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Connecting to a socket file nobody listens on fails at once (ECONNREFUSED);
+            // the read timeout only bounds a server that accepted and then hung.
+            if let Ok(a) = self.ask(Duration::from_secs(10)) {
+                return Ok((a, Instant::now()));
+            }
+            if let Some(e) = failed() {
+                return Err(e);
+            }
+            if Instant::now() >= deadline {
+                let why = std::fs::read_to_string(self.sock_dir.join(ERR_NAME))
+                    .map(|t| format!("; model-server.err: {}", t.trim()))
+                    .unwrap_or_default();
+                bail!(
+                    "no answer on {} within {timeout:?}{why}",
+                    self.socket.display()
+                );
+            }
+            std::thread::sleep(poll);
+        }
+    }
+
+    /// Whether something answers on the socket now.
+    pub fn answers(&self) -> bool {
+        self.ask(Duration::from_secs(1)).is_ok()
+    }
+
+    /// Removes what a failed server start left behind.
+    pub fn clear_error(&self) {
+        let _ = std::fs::remove_file(self.sock_dir.join(ERR_NAME));
+    }
+}

@@ -1,0 +1,113 @@
+#!/usr/bin/python3
+"""DESIGN.md's workload for checkpoint/restore figures, as a tiny server.
+
+Fills SIZE MiB of resident memory, ½ random bytes, ¼ zero pages (written, so resident) and
+¼ repetitive text (templated log/repr lines with varying numbers), in runs of RUN_MIB that
+alternate between the three kinds, then answers on a unix socket: each connection may send
+a line ("sum" or anything) and gets back "ok <hex>\\n", where <hex> is a sha256 over one
+64-byte sample per 64 KiB of the whole region, so a restored process proves its memory came
+back. A failure to start is written to model-server.err beside SOCKET. Needs numpy (Debian's python3-numpy); runs under /usr/bin/python3.
+
+    model-server.py SOCKET [SIZE_MIB] [SEED]
+"""
+
+import hashlib
+import os
+import socket
+import sys
+
+import numpy as np
+
+MIB = 1 << 20
+RUN_MIB = 4
+WORDS = [
+    "request", "tensor", "layer", "token", "batch", "weight", "cache", "model", "python",
+    "handler", "worker", "status", "object", "buffer", "string", "module",
+]
+LINE = 64
+
+
+def text_lines(rng, n):
+    """n distinct fixed-width (LINE bytes) text lines, from four templates."""
+    w = [WORDS[i] for i in rng.integers(0, len(WORDS), size=4 * n)]
+    num = rng.integers(0, 1_000_000, size=3 * n)
+    out = []
+    for i in range(n):
+        a, b, c, d = w[4 * i:4 * i + 4]
+        x, y, z = num[3 * i:3 * i + 3]
+        t = i % 4
+        if t == 0:
+            s = f"INFO {a} id={x} {b}={y % 10000} ms={z % 1000}"
+        elif t == 1:
+            s = f"{{'{a}': {x}, '{b}': '{c}'}}, "
+        elif t == 2:
+            s = f"<{a}.{b} object at 0x7f{x:06x}{y:04x}>"
+        else:
+            s = f"def {a}_{x % 100}(self, {b}): return self.{d}"
+        out.append(s[:LINE - 1].ljust(LINE - 1) + "\n")
+    return np.frombuffer("".join(out).encode(), dtype=f"S{LINE}")
+
+
+def build(size_mib, seed):
+    rng = np.random.default_rng(seed)
+    mem = np.empty(size_mib * MIB, dtype=np.uint8)
+    vocab = text_lines(rng, 1 << 14)
+    # Run k of every four: random, zero, random, text -> ½ random, ¼ zero, ¼ text.
+    run = RUN_MIB * MIB
+    for k, off in enumerate(range(0, mem.size, run)):
+        part = mem[off:off + run]
+        kind = k % 4
+        if kind in (0, 2):
+            part[:] = np.frombuffer(rng.bytes(part.size), dtype=np.uint8)
+        elif kind == 1:
+            part.fill(0)
+        else:
+            n = part.size // LINE
+            lines = vocab[rng.integers(0, vocab.size, size=n)]
+            part[:n * LINE] = np.frombuffer(lines.tobytes(), dtype=np.uint8)
+            part[n * LINE:] = 0x20
+    return mem
+
+
+def checksum(mem):
+    return hashlib.sha256(mem.reshape(-1, 65536)[:, :64].tobytes()).hexdigest()
+
+
+def serve(path, size_mib, seed):
+    mem = build(size_mib, seed)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(16)
+    while True:
+        conn, _ = srv.accept()
+        with conn:
+            try:
+                conn.settimeout(5)
+                conn.recv(64)
+                conn.sendall(f"ok {checksum(mem)}\n".encode())
+            except OSError:
+                pass
+
+
+def main():
+    path = sys.argv[1]
+    try:
+        size_mib = int(sys.argv[2]) if len(sys.argv) > 2 else 256
+        seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+        if size_mib <= 0 or size_mib % RUN_MIB:
+            raise ValueError(f"SIZE_MIB must be a positive multiple of {RUN_MIB}, got {size_mib}")
+        serve(path, size_mib, seed)
+    except Exception:
+        # stdio is /dev/null under `run -d`: leave the reason where the harness looks.
+        import traceback
+        with open(os.path.join(os.path.dirname(path), "model-server.err"), "w") as f:
+            traceback.print_exc(file=f)
+        raise
+
+
+if __name__ == "__main__":
+    main()
