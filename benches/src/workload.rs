@@ -88,10 +88,19 @@ pub fn bundle(repo: &Path, dir: &Path, size_mib: u64) -> Result<Workload> {
 impl Workload {
     /// One request: the server's answer line (`ok <sha256 of sampled memory>`).
     pub fn ask(&self, timeout: Duration) -> std::io::Result<String> {
+        self.request(b"sum\n", timeout)
+    }
+
+    /// A request that touches little of the server's memory (`ok pong`).
+    pub fn ping(&self, timeout: Duration) -> std::io::Result<String> {
+        self.request(b"ping\n", timeout)
+    }
+
+    fn request(&self, req: &[u8], timeout: Duration) -> std::io::Result<String> {
         let mut s = UnixStream::connect(&self.socket)?;
         s.set_read_timeout(Some(timeout))?;
         s.set_write_timeout(Some(timeout))?;
-        s.write_all(b"sum\n")?;
+        s.write_all(req)?;
         let mut buf = Vec::with_capacity(128);
         s.read_to_end(&mut buf)?;
         let line = String::from_utf8_lossy(&buf).trim().to_string();
@@ -104,9 +113,9 @@ impl Workload {
         Ok(line)
     }
 
-    /// Asks every `poll` until the server answers, `failed` reports an error (checked
+    /// Pings every `poll` until the server answers, `failed` reports an error (checked
     /// between tries, e.g. a restore command that exited non-zero) or `timeout` passes.
-    /// Returns the answer and when it arrived.
+    /// Returns when it answered; the caller asks for the checksum afterwards.
     pub fn wait_answer(
         &self,
         timeout: Duration,
@@ -117,7 +126,7 @@ impl Workload {
         loop {
             // Connecting to a socket file nobody listens on fails at once (ECONNREFUSED);
             // the read timeout only bounds a server that accepted and then hung.
-            if let Ok(a) = self.ask(Duration::from_secs(10)) {
+            if let Ok(a) = self.ping(Duration::from_secs(10)) {
                 return Ok((a, Instant::now()));
             }
             if let Some(e) = failed() {
