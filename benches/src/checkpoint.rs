@@ -494,10 +494,11 @@ pub fn markdown(outcomes: &[Outcome], reference_name: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| system | checkpoint ms | checkpoint + syncfs ms | restore → answer ms | \
-         image MiB (du) | image MiB (bytes) | checkpoint ÷ ref | restore ÷ ref | size ÷ ref |"
+        "| system | cold start → answer ms | checkpoint ms | checkpoint + syncfs ms | \
+         restore → answer ms | image MiB (du) | image MiB (bytes) | checkpoint ÷ ref | \
+         restore ÷ ref | size ÷ ref |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for o in outcomes {
         let name = &o.system.name;
         let Some(m) = &o.summary else {
@@ -510,19 +511,23 @@ pub fn markdown(outcomes: &[Outcome], reference_name: &str) -> String {
                 .take(200)
                 .collect();
             let why = why.replace('|', "\\|");
-            let _ = writeln!(s, "| {name} | failed: {why} | – | – | – | – | – | – | – |");
+            let _ = writeln!(
+                s,
+                "| {name} | failed: {why} | – | – | – | – | – | – | – | – |"
+            );
             continue;
         };
         let x = |v: Option<f64>| v.map_or_else(|| "–".into(), |v| format!("{v:.2}×"));
         let r = o.ratios;
         let _ = writeln!(
             s,
-            "| {name}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             if o.failed.is_some() {
                 " (failed later)"
             } else {
                 ""
             },
+            spread(&m.ready),
             spread(&m.checkpoint),
             spread(&m.checkpoint_sync),
             spread(&m.restore),
