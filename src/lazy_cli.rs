@@ -94,6 +94,7 @@ pub fn run(a: &Args<'_>) -> Result<()> {
             "zero_bytes": rep.zero_bytes,
             "fill_ms": rep.fill_time.as_secs_f64() * 1e3,
             "working_set_pages": rep.working_set.len(),
+            "peak_rss_kib": peak_rss_kib(),
         });
         // The container may be gone (and its state directory with it): not an error.
         let _ = std::fs::write(path, serde_json::to_vec_pretty(&json)?);
@@ -199,4 +200,16 @@ fn kill_cgroup(dir: &Path) -> usize {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// This process's peak resident set (VmHWM), in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

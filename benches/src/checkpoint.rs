@@ -81,6 +81,11 @@ pub struct Sample {
     pub restore_cmd_ms: f64,
     /// `restore -d` started until the restored server answered.
     pub restore_ms: f64,
+    /// Lazy restores: `restore -d` started until the lazy-pages server had every page in
+    /// (the command's time plus the server's `fill_ms`); 0 otherwise.
+    pub all_in_ms: f64,
+    /// Lazy restores: the lazy-pages server's peak resident memory, bytes; 0 otherwise.
+    pub server_rss_bytes: u64,
     /// Disk usage (allocated blocks, like du) of the image directory or the store's chunks.
     pub size_bytes: u64,
     /// Sum of the file lengths there.
@@ -259,7 +264,7 @@ impl Bench {
                 &snapshot,
             ],
         };
-        let (restore_cmd, restore, after) = self.restore(sys, root, &rst, bundle, &rid)?;
+        let (restore_cmd, restore, after, lazy) = self.restore(sys, root, &rst, bundle, &rid)?;
         if after != before {
             bail!(
                 "{}: the restored server's memory differs: {after:?}, was {before:?}",
@@ -272,6 +277,8 @@ impl Bench {
             sync_ms: ms(sync),
             restore_cmd_ms: ms(restore_cmd),
             restore_ms: ms(restore),
+            all_in_ms: lazy.map_or(0.0, |(fill, _)| ms(restore_cmd) + fill),
+            server_rss_bytes: lazy.map_or(0, |(_, rss)| rss),
             size_bytes,
             apparent_bytes,
         })
@@ -287,7 +294,7 @@ impl Bench {
         args: &[&str],
         bundle: &str,
         rid: &str,
-    ) -> Result<(Duration, Duration, String)> {
+    ) -> Result<(Duration, Duration, String, Option<(f64, u64)>)> {
         let log = self.scratch.join("restore.log");
         let _ = std::fs::remove_file(&log);
         let t0 = Instant::now();
@@ -336,12 +343,31 @@ impl Bench {
             return Err(e);
         }
         let (_, at) = answered.with_context(|| format!("{}: the restored container", sys.name))?;
+        // A lazy restore: wait for its server's report (every page in) before the checksum,
+        // which would otherwise pull every page in itself.
+        let report = root.join(rid).join("lazy-pages.json");
+        let lazy = if root.join(rid).join("lazy-pages.pid").exists() {
+            let deadline = Instant::now() + self.timeout;
+            while !report.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let v: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(&report)
+                    .with_context(|| format!("{}: {}", sys.name, report.display()))?,
+            )?;
+            Some((
+                v["fill_ms"].as_f64().unwrap_or(0.0),
+                v["peak_rss_kib"].as_u64().unwrap_or(0) * 1024,
+            ))
+        } else {
+            None
+        };
         // Timed until the first answer; the checksum (which touches all memory) comes after.
         let answer = self
             .workload
             .ask(self.timeout)
             .with_context(|| format!("{}: the restored container's checksum", sys.name))?;
-        Ok((done - t0, at - t0, answer))
+        Ok((done - t0, at - t0, answer, lazy))
     }
 }
 
@@ -418,6 +444,10 @@ pub struct Summaries {
     pub size_bytes: Summary,
     /// File bytes of the checkpoint.
     pub apparent_bytes: Summary,
+    /// Lazy restores: until every page was in (0 otherwise).
+    pub all_in: Summary,
+    /// Lazy restores: the server's peak resident memory, bytes (0 otherwise).
+    pub server_rss: Summary,
 }
 
 /// This system's medians over the reference's (runc + CRIU): below 1.0, this one is faster
@@ -459,6 +489,8 @@ fn summarize(ss: &[Sample]) -> Option<Summaries> {
         restore: of(|s| s.restore_ms)?,
         restore_cmd: of(|s| s.restore_cmd_ms)?,
         ready: of(|s| s.ready_ms)?,
+        all_in: of(|s| s.all_in_ms)?,
+        server_rss: of(|s| s.server_rss_bytes as f64)?,
         size_bytes: of(|s| s.size_bytes as f64)?,
         apparent_bytes: of(|s| s.apparent_bytes as f64)?,
     })
@@ -537,6 +569,18 @@ pub fn markdown(outcomes: &[Outcome], reference_name: &str) -> String {
             x(r.map(|r| r.restore)),
             x(r.map(|r| r.size)),
         );
+    }
+    for o in outcomes {
+        if let Some(m) = o.summary.as_ref().filter(|m| m.all_in.median > 0.0) {
+            let _ = writeln!(
+                s,
+                "\n{}: every page in {} ms after the restore started; lazy-pages server \
+                 peak RSS {} MiB.",
+                o.system.name,
+                spread(&m.all_in),
+                mib(m.server_rss.median),
+            );
+        }
     }
     let _ = writeln!(
         s,
