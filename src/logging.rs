@@ -21,8 +21,21 @@ pub struct LogTarget {
 
 static TARGET: OnceLock<LogTarget> = OnceLock::new();
 
-/// Installs the target once, at start-up.
+/// Installs the target once, at start-up. With `--debug`, the libraries' `tracing` events
+/// (checkpoint and restore phases with their timings, the lazy-pages server) go there too.
 pub fn init(t: LogTarget) {
+    if t.debug {
+        let builder = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false);
+        let _ = match &t.file {
+            Some(f) => match OpenOptions::new().create(true).append(true).open(f) {
+                Ok(file) => builder.with_writer(std::sync::Mutex::new(file)).try_init(),
+                Err(_) => builder.with_writer(std::io::stderr).try_init(),
+            },
+            None => builder.with_writer(std::io::stderr).try_init(),
+        };
+    }
     let _ = TARGET.set(t);
 }
 

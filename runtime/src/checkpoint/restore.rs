@@ -231,12 +231,19 @@ impl Runtime {
                 let path = absolute(&dir.path().join("images"))?;
                 mkdir_0700(&path)?;
                 let guard = RemoveDir(path.clone());
-                if opts.lazy {
+                let t0 = std::time::Instant::now();
+                let m = if opts.lazy {
                     materialize_lazy(&reader, &path)
                 } else {
                     materialize(&reader, &path)
                 }
                 .map_err(|e| Error::Other(format!("snapshot {reference}: {e}")))?;
+                tracing::debug!(
+                    ms = t0.elapsed().as_secs_f64() * 1e3,
+                    page_bytes = m.page_bytes,
+                    lazy_bytes = m.lazy_bytes,
+                    "materialized the images"
+                );
                 lazy_source = Some((store.root().to_path_buf(), reader.id().to_string()));
                 (Some(guard), path)
             }
@@ -299,13 +306,19 @@ impl Runtime {
                     .clone()
                     .unwrap_or_else(|| images_path.clone());
                 let socket = absolute(&work_dir.join("lazy-pages.socket"))?;
-                Some(self.spawn_lazy_daemon(
+                let t0 = std::time::Instant::now();
+                let d = self.spawn_lazy_daemon(
                     store,
                     snapshot,
                     &socket,
                     &absolute(dir.path())?,
                     cgroup.as_ref(),
-                )?)
+                )?;
+                tracing::debug!(
+                    ms = t0.elapsed().as_secs_f64() * 1e3,
+                    "the lazy-pages server listens"
+                );
+                Some(d)
             }
         };
 
@@ -468,7 +481,9 @@ impl Runtime {
             console_socket: opts.console_socket.as_deref(),
             pid: None,
         };
+        let t0 = std::time::Instant::now();
         let pid = criu.restore_in(session, o, &mut notify).map_err(criu_err)?;
+        tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, pid, "criu restore");
         drop(held);
         let st = mk_state(pid);
         let r = dir.save(&st).and_then(|()| match &opts.pid_file {
