@@ -773,3 +773,48 @@ fn killing_checkpoint_midway_leaves_the_container_running_and_no_snapshot() {
         "k:v2",
     ]);
 }
+
+#[test]
+fn restore_in_the_foreground_waits_and_returns_the_exit_code() {
+    skip_unless_criu!();
+    let env = Env::new("rsfg");
+    let (id, pid) = env.detach(
+        "c",
+        &sh_config(
+            "i=0; while [ $i -lt 40 ]; do i=$((i+1)); echo $i > /tmp/count; usleep 50000; done; \
+             exit 3",
+        ),
+    );
+    wait_count_past(pid, 2);
+    let images = env.dir.path().join("images");
+    env.ok(&["checkpoint", "--image-path", images.to_str().unwrap(), &id]);
+    let bundle = env.dir.path().join("c");
+    let rid = env.id("r");
+    let pidfile = env.dir.path().join("restored.pid");
+    let o = env.cryo(&[
+        "restore",
+        "--image-path",
+        images.to_str().unwrap(),
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--pid-file",
+        pidfile.to_str().unwrap(),
+        &rid,
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let written: i64 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(written > 0);
+    assert!(
+        !env.cryo(&["state", &rid]).status.success(),
+        "a foreground restore deletes the container once it exits, as runc does"
+    );
+}
