@@ -454,6 +454,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
                 work_path: work_path.as_ref().map(|p| absolute(p)),
                 snapshot: snapshot.clone(),
                 lazy: *lazy_pages,
+                leave_stopped: false,
                 store: store.as_ref().map(|p| absolute(p)),
                 bundle: bundle.clone().unwrap_or_default(),
                 pid_file: pid_file.as_ref().map(|p| absolute(p)),

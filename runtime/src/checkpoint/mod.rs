@@ -125,6 +125,8 @@ pub struct RestoreOptions {
     /// Lazy restore (with `snapshot`): the process runs at once and its private memory
     /// streams in from the store through cryo's lazy-pages server (`cryo lazy-pages`).
     pub lazy: bool,
+    /// Leave the restored tree stopped (CRIU's `--leave-stopped`); resume it with SIGCONT.
+    pub leave_stopped: bool,
     /// The store (default: `$CRYO_STORE`, else /var/lib/cryo/store).
     pub store: Option<PathBuf>,
     /// The shared switches.

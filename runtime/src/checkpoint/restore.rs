@@ -82,6 +82,25 @@ impl LazyDaemon {
     fn keep(&mut self) {
         self.child = None;
     }
+
+    /// Waits until the server exits, which it does once every page is in; an error (with
+    /// its log) when it failed.
+    fn wait_all_in(&mut self, state: &Path) -> Result<()> {
+        let Some(mut c) = self.child.take() else {
+            return Ok(());
+        };
+        let st = c
+            .wait()
+            .map_err(|e| Error::Other(format!("waiting for the lazy-pages server: {e}")))?;
+        if st.success() {
+            return Ok(());
+        }
+        let log = fs::read_to_string(state.join("lazy-pages.log")).unwrap_or_default();
+        Err(Error::Other(format!(
+            "copying the snapshot's memory in failed ({st}): {}",
+            log.trim()
+        )))
+    }
 }
 
 impl Drop for LazyDaemon {
@@ -207,6 +226,18 @@ impl Runtime {
     }
 
     fn restore_in(&self, dir: &StateDir, opts: &RestoreOptions) -> Result<i32> {
+        // An eager restore from the store goes through the lazy-pages server too: CRIU restores
+        // the tree stopped, the server copies every page in from the store (large copies,
+        // no pages-*.img written and read back), then the tree resumes. The process never runs
+        // before all its memory is in, as with a classic eager restore.
+        let fill_then_resume = !opts.lazy && opts.snapshot.is_some();
+        let resume = fill_then_resume && !opts.leave_stopped;
+        let effective = RestoreOptions {
+            lazy: opts.lazy || fill_then_resume,
+            leave_stopped: opts.leave_stopped || fill_then_resume,
+            ..opts.clone()
+        };
+        let opts = &effective;
         let id = dir.id().to_string();
         let bundle = if opts.bundle.as_os_str().is_empty() {
             std::env::current_dir().io_ctx(".")?
@@ -334,6 +365,28 @@ impl Runtime {
             &rootfs,
             cgroup.as_ref(),
         );
+        let r = match (r, daemon.as_mut()) {
+            (Ok(pid), Some(d)) if fill_then_resume => {
+                let t0 = std::time::Instant::now();
+                d.wait_all_in(dir.path()).map(|()| {
+                    tracing::debug!(
+                        ms = t0.elapsed().as_secs_f64() * 1e3,
+                        "every page in; resuming"
+                    );
+                    pid
+                })
+            }
+            (r, _) => r,
+        };
+        let r = r.and_then(|pid| {
+            if resume {
+                for p in cgroup.pids().unwrap_or_default() {
+                    kill(Pid::from_raw(p), Signal::SIGCONT)
+                        .sys_ctx(|| format!("resuming restored task {p}"))?;
+                }
+            }
+            Ok(pid)
+        });
         if r.is_ok() {
             if let Some(d) = daemon.as_mut() {
                 d.keep();
@@ -409,6 +462,7 @@ impl Runtime {
         let mut o = base_opts(images, work, "restore.log", &opts.flags);
         o.rst_sibling = Some(true);
         o.lazy_pages = Some(opts.lazy);
+        o.leave_stopped = Some(opts.leave_stopped);
         o.evasive_devices = Some(true);
         o.root = Some(root.to_string_lossy().into_owned());
         for (dest, src) in externals {

@@ -236,18 +236,21 @@ impl<S: PageSource> State<S> {
     }
 
     fn add_task(&mut self, pid: i32, uffd: OwnedFd) -> Result<()> {
-        let plan = self.plan.tasks.get(&pid).ok_or_else(|| {
-            lazy_err(format!(
-                "CRIU sent task {pid}, which has no lazy pages in the snapshot"
-            ))
-        })?;
-        let pending = plan.ranges.iter().map(|&(s, e)| (s, e)).collect();
+        // A task with no lazy pages in the snapshot still sends its userfaultfd: nothing is
+        // pending for it, and a fault there (none is expected) gets a zero page.
+        let (object, pending) = match self.plan.tasks.get(&pid) {
+            Some(plan) => (
+                plan.object.clone(),
+                plan.ranges.iter().map(|&(s, e)| (s, e)).collect(),
+            ),
+            None => (format!("pagemap-{pid}"), BTreeMap::new()),
+        };
         if let Some(h) = self.hook.as_mut() {
             h(&uffd);
         }
         self.tasks.push(Task {
             uffd,
-            object: plan.object.clone(),
+            object,
             pending,
         });
         self.report.tasks += 1;

@@ -235,7 +235,7 @@ mod tests {
     }
 
     #[test]
-    fn a_task_missing_from_the_plan_is_an_error() {
+    fn a_task_without_lazy_pages_is_served_with_nothing_pending() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut w = store.writer_with(WriterOptions::default()).unwrap();
@@ -246,14 +246,13 @@ mod tests {
             println!("skipped: userfaultfd unavailable here");
             return;
         };
-        let e = serve_fds(
+        let r = serve_fds(
             store.reader("lazy:e").unwrap(),
             LazyPlan::default(),
             ServeOptions::default(),
             vec![(42, uffd)],
         )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("42"), "{e}");
+        .unwrap();
+        assert_eq!((r.tasks, r.copied_bytes), (1, 0));
     }
 }
