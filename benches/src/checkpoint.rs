@@ -346,7 +346,9 @@ impl Bench {
         // A lazy restore: wait for its server's report (every page in) before the checksum,
         // which would otherwise pull every page in itself.
         let report = root.join(rid).join("lazy-pages.json");
-        let lazy = if root.join(rid).join("lazy-pages.pid").exists() {
+        // (An eager restore from the store uses the server too, but has every page in by the
+        // time its command returns.)
+        let lazy = if sys.method == Method::StoreLazy {
             let deadline = Instant::now() + self.timeout;
             while !report.exists() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
