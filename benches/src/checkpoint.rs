@@ -67,6 +67,10 @@ impl System {
     }
 }
 
+/// What one restore measured: the command's time, the time to the first answer, the memory
+/// checksum, and for a lazy restore the server's fill time (ms) and peak RSS (bytes).
+type RestoreTimes = (Duration, Duration, String, Option<(f64, u64)>);
+
 /// One round of one system. Times in milliseconds, sizes in bytes.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Sample {
@@ -294,7 +298,7 @@ impl Bench {
         args: &[&str],
         bundle: &str,
         rid: &str,
-    ) -> Result<(Duration, Duration, String, Option<(f64, u64)>)> {
+    ) -> Result<RestoreTimes> {
         let log = self.scratch.join("restore.log");
         let _ = std::fs::remove_file(&log);
         let t0 = Instant::now();
