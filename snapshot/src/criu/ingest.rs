@@ -276,9 +276,9 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            pages.push(x as u8);
+            pages.push(x.to_le_bytes()[0]);
         }
-        pages.extend(std::iter::repeat(0u8).take(4096 * 2));
+        pages.extend(std::iter::repeat_n(0u8, 4096 * 2));
         pages.extend(b"hello world ".iter().cycle().take(4096 * 3));
         let pm = Pagemap {
             pages_id: 1,

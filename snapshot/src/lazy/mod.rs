@@ -183,7 +183,7 @@ mod tests {
         for (i, b) in content.iter_mut().enumerate() {
             // Every 7th page stays zero: a hole in the store.
             if (i / 4096) % 7 != 3 {
-                *b = (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1];
+                *b = (i as u64).wrapping_mul(2_654_435_761).to_le_bytes()[1];
             }
         }
         let dir = tempfile::tempdir().unwrap();
