@@ -818,3 +818,49 @@ fn restore_in_the_foreground_waits_and_returns_the_exit_code() {
         "a foreground restore deletes the container once it exits, as runc does"
     );
 }
+
+#[test]
+fn an_eager_restore_from_a_damaged_snapshot_is_refused_and_nothing_runs() {
+    skip_unless_criu!();
+    let env = Env::new("rsdmg");
+    let store = env.dir.path().join("store");
+    let (id, pid) = env.detach("c", &ballast_config());
+    wait_count_past(pid, 2);
+    env.ok(&[
+        "checkpoint",
+        "--store",
+        store.to_str().unwrap(),
+        "--snapshot",
+        "d:v1",
+        &id,
+    ]);
+    // Damage the big chunks (the ballast, copied in by the lazy-pages server during an eager
+    // restore from the store, after CRIU has created the stopped tree).
+    let mut chunks = Vec::new();
+    collect(&store.join("chunks"), &mut chunks);
+    let mut flipped = 0;
+    for c in &chunks {
+        let mut b = std::fs::read(c).unwrap();
+        if b.len() > 16 << 10 {
+            let mid = b.len() / 2;
+            b[mid] ^= 0x40;
+            std::fs::write(c, b).unwrap();
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0);
+    let bundle = env.dir.path().join("c");
+    let rid = env.id("r");
+    let o = restore_snapshot(&env, &store, "d:v1", &bundle, &rid);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a damaged snapshot was restored");
+    assert!(err.contains("chunk"), "the error names the chunk: {err}");
+    assert!(
+        !env.cryo(&["state", &rid]).status.success(),
+        "no container left"
+    );
+    let cg = std::fs::read_dir("/sys/fs/cgroup/freezer/cryo")
+        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy() == rid))
+        .unwrap_or(false);
+    assert!(!cg, "the restored tree's cgroup is gone");
+}

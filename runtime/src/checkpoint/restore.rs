@@ -83,6 +83,25 @@ impl LazyDaemon {
         self.child = None;
     }
 
+    /// Whether the server has exited, waiting up to `limit` for it (after a failed restore:
+    /// a server that failed first exits at once, after writing why to its log).
+    fn exited_within(&mut self, limit: std::time::Duration) -> bool {
+        let Some(c) = self.child.as_mut() else {
+            return true;
+        };
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(_)) = c.try_wait() {
+                self.child = None;
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// Waits until the server exits, which it does once every page is in; an error (with
     /// its log) when it failed.
     fn wait_all_in(&mut self, state: &Path) -> Result<()> {
@@ -365,6 +384,21 @@ impl Runtime {
             &rootfs,
             cgroup.as_ref(),
         );
+        // A failing lazy-pages server (a damaged chunk) makes its watcher kill the container,
+        // CRIU included when it is still restoring: the server's log says why.
+        let r = match (r, daemon.as_mut()) {
+            (Err(e), Some(d)) => {
+                d.exited_within(std::time::Duration::from_millis(500));
+                let log = fs::read_to_string(dir.path().join("lazy-pages.log")).unwrap_or_default();
+                let log = log.trim();
+                if log.is_empty() {
+                    Err(e)
+                } else {
+                    Err(Error::Other(format!("{e}\nlazy-pages server: {log}")))
+                }
+            }
+            (r, _) => r,
+        };
         let r = match (r, daemon.as_mut()) {
             (Ok(pid), Some(d)) if fill_then_resume => {
                 let t0 = std::time::Instant::now();
