@@ -157,19 +157,8 @@ pub enum Command {
     Checkpoint {
         /// Container id.
         id: String,
-        /// Directory for the images (default: ./checkpoint).
-        #[arg(long = "image-path", conflicts_with = "snapshot")]
-        image_path: Option<PathBuf>,
-        /// Checkpoint into the snapshot store under this name (compressed, deduplicated,
-        /// verified) instead of an image directory; prints the snapshot's ID.
-        #[arg(long)]
-        snapshot: Option<String>,
-        /// Snapshot store (default: $CRYO_STORE, else /var/lib/cryo/store).
-        #[arg(long)]
-        store: Option<PathBuf>,
-        /// Directory for CRIU's log and work files (default: the image directory).
-        #[arg(long = "work-path")]
-        work_path: Option<PathBuf>,
+        #[command(flatten)]
+        images: ImageArgs,
         /// Leave the container running after the checkpoint.
         #[arg(long = "leave-running")]
         leave_running: bool,
@@ -187,18 +176,8 @@ pub enum Command {
     Restore {
         /// Container id.
         id: String,
-        /// Directory of the images (default: ./checkpoint).
-        #[arg(long = "image-path", conflicts_with = "snapshot")]
-        image_path: Option<PathBuf>,
-        /// Restore from this snapshot of the store (name, sha256:HEX or a unique prefix).
-        #[arg(long)]
-        snapshot: Option<String>,
-        /// Snapshot store (default: $CRYO_STORE, else /var/lib/cryo/store).
-        #[arg(long)]
-        store: Option<PathBuf>,
-        /// Directory for CRIU's log (default: the image directory).
-        #[arg(long = "work-path")]
-        work_path: Option<PathBuf>,
+        #[command(flatten)]
+        images: ImageArgs,
         /// Bundle directory (default: current directory).
         #[arg(short, long)]
         bundle: Option<PathBuf>,
@@ -275,6 +254,35 @@ pub struct CreateArgs {
     /// Pass N extra fds (3..3+N) to the container.
     #[arg(long = "preserve-fds", default_value_t = 0)]
     preserve_fds: i32,
+}
+
+/// Where checkpoint writes and restore reads: an image directory (runc's) or a snapshot of
+/// the store.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ImageArgs {
+    /// Directory of the images (default: ./checkpoint).
+    #[arg(long = "image-path", conflicts_with = "snapshot")]
+    image_path: Option<PathBuf>,
+    /// A snapshot of the store instead: checkpoint names it (and prints its ID), restore
+    /// reads it (a name, sha256:HEX or a unique prefix).
+    #[arg(long)]
+    snapshot: Option<String>,
+    /// Snapshot store (default: $CRYO_STORE, else /var/lib/cryo/store).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Directory for CRIU's log and work files (default: the image directory).
+    #[arg(long = "work-path")]
+    work_path: Option<PathBuf>,
+}
+
+impl ImageArgs {
+    /// `--image-path` made absolute (empty: the runtime's default, ./checkpoint).
+    fn image_path(&self) -> PathBuf {
+        self.image_path
+            .as_ref()
+            .map(|p| absolute(p))
+            .unwrap_or_default()
+    }
 }
 
 /// The CRIU flags checkpoint and restore share with runc.
@@ -404,10 +412,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Exec(args) => return run::exec(&rt, args),
         Command::Checkpoint {
             id,
-            image_path,
-            snapshot,
-            store,
-            work_path,
+            images,
             leave_running,
             lazy_pages,
             pre_dump,
@@ -422,11 +427,11 @@ pub fn run(cli: &Cli) -> Result<u8> {
             let report = rt.checkpoint(
                 id,
                 &cryo_runtime::CheckpointOptions {
-                    image_path: absolute(image_path.as_deref().unwrap_or(Path::new("checkpoint"))),
-                    work_path: work_path.as_ref().map(|p| absolute(p)),
+                    image_path: images.image_path(),
+                    work_path: images.work_path.as_ref().map(|p| absolute(p)),
                     leave_running: *leave_running,
-                    snapshot: snapshot.clone(),
-                    store: store.as_ref().map(|p| absolute(p)),
+                    snapshot: images.snapshot.clone(),
+                    store: images.store.as_ref().map(|p| absolute(p)),
                     flags: criu.flags(cli.criu.as_deref())?,
                 },
             )?;
@@ -436,10 +441,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         }
         Command::Restore {
             id,
-            image_path,
-            snapshot,
-            store,
-            work_path,
+            images,
             bundle,
             detach,
             pid_file,
@@ -450,12 +452,12 @@ pub fn run(cli: &Cli) -> Result<u8> {
             criu,
         } => {
             let opts = cryo_runtime::RestoreOptions {
-                image_path: absolute(image_path.as_deref().unwrap_or(Path::new("checkpoint"))),
-                work_path: work_path.as_ref().map(|p| absolute(p)),
-                snapshot: snapshot.clone(),
+                image_path: images.image_path(),
+                work_path: images.work_path.as_ref().map(|p| absolute(p)),
+                snapshot: images.snapshot.clone(),
                 lazy: *lazy_pages,
                 leave_stopped: false,
-                store: store.as_ref().map(|p| absolute(p)),
+                store: images.store.as_ref().map(|p| absolute(p)),
                 bundle: bundle.clone().unwrap_or_default(),
                 pid_file: pid_file.as_ref().map(|p| absolute(p)),
                 console_socket: console_socket.clone(),

@@ -342,6 +342,26 @@ fn restore_refuses_bad_images_and_taken_ids() {
     assert_eq!(env.status(&cid), "running");
 }
 
+/// `checkpoint --store STORE --snapshot NAME ID` (with `--leave-running`), asserting success;
+/// returns what it printed (the snapshot's ID).
+fn checkpoint_into(env: &Env, store: &Path, name: &str, id: &str, leave_running: bool) -> String {
+    let mut args = vec!["checkpoint"];
+    if leave_running {
+        args.push("--leave-running");
+    }
+    args.extend(["--store", store.to_str().unwrap(), "--snapshot", name, id]);
+    env.ok(&args)
+}
+
+/// The counter with 64 MB of ballast: enough memory that a lazy restore is still filling a
+/// moment after it returns, and a checkpoint takes a while.
+fn big_ballast_config() -> Value {
+    sh_config(
+        "big=$(head -c 48000000 /dev/urandom | base64); i=0; \
+         while :; do i=$((i+1)); echo $i > /tmp/count; usleep 20000; done",
+    )
+}
+
 fn restore_snapshot(env: &Env, store: &Path, reference: &str, bundle: &Path, id: &str) -> Output {
     env.cryo(&[
         "restore",
@@ -363,15 +383,7 @@ fn checkpoint_into_the_store_and_restore_replicas_from_it() {
     let store = env.dir.path().join("store");
     let (id, pid) = env.detach("c", &ballast_config());
     wait_count_past(pid, 3);
-    let out = env.ok(&[
-        "checkpoint",
-        "--leave-running",
-        "--store",
-        store.to_str().unwrap(),
-        "--snapshot",
-        "counter:v1",
-        &id,
-    ]);
+    let out = checkpoint_into(&env, &store, "counter:v1", &id, true);
     let sid = out.trim().to_string();
     assert!(
         sid.starts_with("sha256:"),
@@ -414,15 +426,7 @@ fn checkpoint_into_the_store_and_restore_replicas_from_it() {
 
     // A second checkpoint of the same container stores little that is new.
     let before = dir_bytes(&store.join("chunks"));
-    env.ok(&[
-        "checkpoint",
-        "--leave-running",
-        "--store",
-        store.to_str().unwrap(),
-        "--snapshot",
-        "counter:v2",
-        &id,
-    ]);
+    checkpoint_into(&env, &store, "counter:v2", &id, true);
     let added = dir_bytes(&store.join("chunks")) - before;
     assert!(before > 2_000_000, "the ballast is stored: {before} bytes");
     assert!(
@@ -435,16 +439,12 @@ fn checkpoint_into_the_store_and_restore_replicas_from_it() {
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let m = e.metadata().unwrap();
-        n += if m.is_dir() {
-            dir_bytes(&e.path())
-        } else {
-            m.len()
-        };
-    }
-    n
+    let mut files = Vec::new();
+    collect(dir, &mut files);
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum()
 }
 
 #[test]
@@ -475,14 +475,7 @@ fn a_failed_ingest_thaws_the_container_and_a_corrupt_snapshot_is_refused() {
         "staging removed"
     );
 
-    let out = env.ok(&[
-        "checkpoint",
-        "--store",
-        store.to_str().unwrap(),
-        "--snapshot",
-        "c:v1",
-        &id,
-    ]);
+    let out = checkpoint_into(&env, &store, "c:v1", &id, false);
     assert!(out.starts_with("sha256:"));
     assert!(
         !env.cryo(&["state", &id]).status.success(),
@@ -555,14 +548,7 @@ fn lazy_restore_runs_at_once_and_streams_memory_in_bit_identical() {
     let (id, pid) = env.detach("c", &checksum_config());
     let sum = wait_file(pid, "/tmp/sum");
     wait_count_past(pid, 2);
-    env.ok(&[
-        "checkpoint",
-        "--store",
-        store.to_str().unwrap(),
-        "--snapshot",
-        "lazy:v1",
-        &id,
-    ]);
+    checkpoint_into(&env, &store, "lazy:v1", &id, false);
     let bundle = env.dir.path().join("c");
     for round in 0..2 {
         // The second restore has the first one's working set to prefetch.
@@ -617,22 +603,9 @@ fn a_lazy_restore_whose_server_dies_is_killed_not_left_with_missing_memory() {
     let env = Env::new("lazykill");
     let store = env.dir.path().join("store");
     // Enough memory that the server is still filling when it is killed.
-    let (id, pid) = env.detach(
-        "c",
-        &sh_config(
-            "big=$(head -c 48000000 /dev/urandom | base64); i=0; \
-             while :; do i=$((i+1)); echo $i > /tmp/count; usleep 20000; done",
-        ),
-    );
+    let (id, pid) = env.detach("c", &big_ballast_config());
     wait_count_past(pid, 2);
-    env.ok(&[
-        "checkpoint",
-        "--store",
-        store.to_str().unwrap(),
-        "--snapshot",
-        "k:v1",
-        &id,
-    ]);
+    checkpoint_into(&env, &store, "k:v1", &id, false);
     let bundle = env.dir.path().join("c");
     let rid = env.id("r");
     env.ok(&[
@@ -676,13 +649,7 @@ fn killing_checkpoint_midway_leaves_the_container_running_and_no_snapshot() {
     skip_unless_criu!();
     let env = Env::new("ckkill");
     let store = env.dir.path().join("store");
-    let (id, pid) = env.detach(
-        "c",
-        &sh_config(
-            "big=$(head -c 48000000 /dev/urandom | base64); i=0; \
-             while :; do i=$((i+1)); echo $i > /tmp/count; usleep 20000; done",
-        ),
-    );
+    let (id, pid) = env.detach("c", &big_ballast_config());
     wait_count_past(pid, 2);
     for delay_ms in [50u64, 300, 700] {
         let mut child = env
@@ -756,15 +723,7 @@ fn killing_checkpoint_midway_leaves_the_container_running_and_no_snapshot() {
     }
     // The store's debris goes with gc, and a checkpoint still works afterwards.
     env.ok(&["snapshot", "--store", store.to_str().unwrap(), "gc"]);
-    env.ok(&[
-        "checkpoint",
-        "--leave-running",
-        "--store",
-        store.to_str().unwrap(),
-        "--snapshot",
-        "k:v2",
-        &id,
-    ]);
+    checkpoint_into(&env, &store, "k:v2", &id, true);
     env.ok(&[
         "snapshot",
         "--store",
@@ -826,14 +785,7 @@ fn an_eager_restore_from_a_damaged_snapshot_is_refused_and_nothing_runs() {
     let store = env.dir.path().join("store");
     let (id, pid) = env.detach("c", &ballast_config());
     wait_count_past(pid, 2);
-    env.ok(&[
-        "checkpoint",
-        "--store",
-        store.to_str().unwrap(),
-        "--snapshot",
-        "d:v1",
-        &id,
-    ]);
+    checkpoint_into(&env, &store, "d:v1", &id, false);
     // Damage the big chunks (the ballast, copied in by the lazy-pages server during an eager
     // restore from the store, after CRIU has created the stopped tree).
     let mut chunks = Vec::new();

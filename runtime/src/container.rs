@@ -74,6 +74,42 @@ pub struct ExecOptions {
     pub preserve_fds: i32,
 }
 
+/// The absolute bundle directory (`bundle`, or the current directory when empty), its spec
+/// and its absolute rootfs.
+pub(crate) fn open_bundle(bundle: &Path) -> Result<(PathBuf, Spec, PathBuf)> {
+    let bundle = if bundle.as_os_str().is_empty() {
+        std::env::current_dir().io_ctx(".")?
+    } else {
+        fs::canonicalize(bundle).io_ctx(bundle)?
+    };
+    let (spec, rootfs) = spec::load_bundle(&bundle)?;
+    Ok((bundle, spec, rootfs))
+}
+
+/// The manager of the cgroup(s) `spec` asks for container `id` (nothing created yet).
+pub(crate) fn spec_cgroup(spec: &Spec, id: &str) -> Result<Box<dyn CgroupManager>> {
+    let cg_path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().into_owned());
+    Ok(cgroups::create(cg_path.as_deref(), id)?)
+}
+
+/// Creates the container's cgroup(s) and writes `linux.resources`.
+pub(crate) fn prepare_cgroup(cgroup: &dyn CgroupManager, spec: &Spec) -> Result<()> {
+    cgroup.prepare()?;
+    // Like runc and crun, the nodes of `linux.devices` get no implicit allow rule: the caller
+    // lists them in `linux.resources.devices` (docker, podman and containerd do).
+    let resources = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().clone())
+        .unwrap_or_default();
+    cgroup.set(&resources)?;
+    Ok(())
+}
+
 pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     // runc writes the pid file atomically: containerd reads it as soon as create returns.
     let tmp = path.with_extension("cryo-tmp");
@@ -331,12 +367,7 @@ impl Runtime {
 
     fn create_in(&self, dir: &StateDir, opts: &CreateOptions) -> Result<i32> {
         let id = dir.id().to_string();
-        let bundle = if opts.bundle.as_os_str().is_empty() {
-            std::env::current_dir().io_ctx(".")?
-        } else {
-            fs::canonicalize(&opts.bundle).io_ctx(&opts.bundle)?
-        };
-        let (spec, rootfs) = spec::load_bundle(&bundle)?;
+        let (bundle, spec, rootfs) = open_bundle(&opts.bundle)?;
         let linux = spec.linux().as_ref();
         let process = spec.process().clone().unwrap_or_default();
         let plan =
@@ -383,26 +414,11 @@ impl Runtime {
             None
         };
 
-        let cg_path = linux
-            .and_then(|l| l.cgroups_path().as_ref())
-            .map(|p| p.to_string_lossy().into_owned());
-        let cgroup = cgroups::create(cg_path.as_deref(), &id)?;
-
-        let setup_cg = || -> Result<()> {
-            cgroup.prepare()?;
-            // Like runc and crun, the nodes of `linux.devices` get no implicit allow rule:
-            // the caller lists them in `linux.resources.devices` (docker, podman and
-            // containerd do).
-            let resources = linux
-                .and_then(|l| l.resources().clone())
-                .unwrap_or_default();
-            cgroup.set(&resources)?;
-            Ok(())
-        };
+        let cgroup = spec_cgroup(&spec, &id)?;
         let cleanup_cg = |cg: &dyn CgroupManager| {
             let _ = cg.destroy();
         };
-        if let Err(e) = setup_cg() {
+        if let Err(e) = prepare_cgroup(cgroup.as_ref(), &spec) {
             cleanup_cg(cgroup.as_ref());
             return Err(e);
         }

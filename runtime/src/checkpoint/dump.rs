@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::path::Path;
 
 use cryo_snapshot::criu::{ingest, rpc, Criu, Notification, Notify};
-use cryo_snapshot::{Store, WriterOptions};
+use cryo_snapshot::WriterOptions;
 
 use crate::cgroups::{self};
 use crate::error::{Error, IoContext, Result};
@@ -14,8 +14,8 @@ use crate::Runtime;
 
 use super::externals::{cgroup_binds, describe_stdio, external_mounts, external_namespaces};
 use super::{
-    absolute, base_opts, criu_err, mkdir_0700, write_json, CheckpointOptions, ImageMeta,
-    DESCRIPTORS_FILE, META_FILE, META_VERSION,
+    absolute, base_opts, criu_err, image_dir, mkdir_0700, open_store, open_work_dir, write_json,
+    CheckpointOptions, ImageMeta, DESCRIPTORS_FILE, META_FILE, META_VERSION,
 };
 
 /// Moves `staging` to `target`, replacing an older image there only now that the new one is
@@ -121,11 +121,7 @@ impl Runtime {
         let mut report = CheckpointReport::default();
         let (staging, mut publish): (_, Box<dyn FnMut() -> Result<()>>) = match &opts.snapshot {
             Some(name) => {
-                let store = match &opts.store {
-                    Some(p) => Store::open(p),
-                    None => Store::open_default(),
-                }
-                .map_err(|e| Error::Other(format!("snapshot store: {e}")))?;
+                let store = open_store(opts.store.as_deref())?;
                 // CRIU's raw images go to a tmpfs and leave it compressed, deduplicated and
                 // verified-on-read in the store. Never on the store's disk: the store's commit
                 // syncs its filesystem, which would write the raw images out first.
@@ -154,11 +150,7 @@ impl Runtime {
                 )
             }
             None => {
-                let target = absolute(if opts.image_path.as_os_str().is_empty() {
-                    Path::new("checkpoint")
-                } else {
-                    &opts.image_path
-                })?;
+                let target = image_dir(&opts.image_path)?;
                 let parent = target.parent().ok_or_else(|| {
                     Error::Other(format!("--image-path {}: no parent", target.display()))
                 })?;
@@ -222,13 +214,7 @@ impl Runtime {
         write_json(&staging.join(DESCRIPTORS_FILE), &paths)?;
 
         let images = File::open(staging).io_ctx(staging)?;
-        let work = match &opts.work_path {
-            Some(w) => {
-                fs::create_dir_all(w).io_ctx(w)?;
-                Some(File::open(w).io_ctx(w)?)
-            }
-            None => None,
-        };
+        let work = open_work_dir(opts.work_path.as_deref())?;
         let mut o = base_opts(&images, work.as_ref(), "dump.log", &opts.flags);
         o.pid = Some(st.pid);
         o.root = Some(st.rootfs.to_string_lossy().into_owned());

@@ -188,6 +188,33 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     }
 }
 
+/// `--image-path`, absolute, defaulting to runc's `checkpoint`.
+fn image_dir(p: &Path) -> Result<PathBuf> {
+    absolute(if p.as_os_str().is_empty() {
+        Path::new("checkpoint")
+    } else {
+        p
+    })
+}
+
+/// The store at `path`, else the default one.
+fn open_store(path: Option<&Path>) -> Result<cryo_snapshot::Store> {
+    match path {
+        Some(p) => cryo_snapshot::Store::open(p),
+        None => cryo_snapshot::Store::open_default(),
+    }
+    .map_err(|e| Error::Other(format!("snapshot store: {e}")))
+}
+
+/// `--work-path`, created if needed and opened for CRIU (`None`: CRIU uses the images dir).
+fn open_work_dir(path: Option<&Path>) -> Result<Option<File>> {
+    path.map(|w| {
+        fs::create_dir_all(w).io_ctx(w)?;
+        File::open(w).io_ctx(w)
+    })
+    .transpose()
+}
+
 fn mkdir_0700(p: &Path) -> Result<()> {
     match fs::DirBuilder::new().mode(0o700).create(p) {
         Ok(()) => Ok(()),

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use cryo_snapshot::criu::{
     materialize, materialize_lazy, rpc, Criu, Notification, Notify, SpawnOptions,
 };
-use cryo_snapshot::Store;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -16,14 +15,13 @@ use oci_spec::runtime::Spec;
 
 use crate::cgroups::{self, CgroupManager};
 use crate::error::{Error, IoContext, Result, SysContext};
-use crate::spec;
 use crate::state::{self, ContainerState, StateDir, Status};
 use crate::{hooks, Runtime};
 
 use super::externals::{cgroup_binds, cgroup_roots, external_mounts, restore_namespaces};
 use super::{
-    absolute, base_opts, criu_err, mkdir_0700, Descriptor, ImageMeta, RestoreOptions, META_FILE,
-    META_VERSION,
+    absolute, base_opts, criu_err, image_dir, mkdir_0700, open_store, open_work_dir, Descriptor,
+    ImageMeta, RestoreOptions, META_FILE, META_VERSION,
 };
 
 /// Answers CRIU during a restore: runs the hooks when namespaces exist, learns the pid, hands
@@ -258,23 +256,14 @@ impl Runtime {
         };
         let opts = &effective;
         let id = dir.id().to_string();
-        let bundle = if opts.bundle.as_os_str().is_empty() {
-            std::env::current_dir().io_ctx(".")?
-        } else {
-            fs::canonicalize(&opts.bundle).io_ctx(&opts.bundle)?
-        };
-        let (spec, rootfs) = spec::load_bundle(&bundle)?;
+        let (bundle, spec, rootfs) = crate::container::open_bundle(&opts.bundle)?;
         // A snapshot from the store is written out as CRIU images in the state directory
         // (tmpfs under /run), every chunk verified before any process is created; the
         // reader's lease pins the snapshot against `gc` meanwhile.
         let mut lazy_source = None;
         let (_materialized, images_path) = match &opts.snapshot {
             Some(reference) => {
-                let store = match &opts.store {
-                    Some(p) => Store::open(p),
-                    None => Store::open_default(),
-                }
-                .map_err(|e| Error::Other(format!("snapshot store: {e}")))?;
+                let store = open_store(opts.store.as_deref())?;
                 let reader = store
                     .reader(reference)
                     .map_err(|e| Error::Other(format!("snapshot {reference}: {e}")))?;
@@ -298,11 +287,7 @@ impl Runtime {
                 (Some(guard), path)
             }
             None => {
-                let path = absolute(if opts.image_path.as_os_str().is_empty() {
-                    Path::new("checkpoint")
-                } else {
-                    &opts.image_path
-                })?;
+                let path = image_dir(&opts.image_path)?;
                 (None, path)
             }
         };
@@ -329,18 +314,8 @@ impl Runtime {
         }
         let criu = Criu::locate(opts.flags.criu.as_deref()).map_err(criu_err)?;
         let images = File::open(&images_path).io_ctx(&images_path)?;
-        let work = match &opts.work_path {
-            Some(w) => {
-                fs::create_dir_all(w).io_ctx(w)?;
-                Some(File::open(w).io_ctx(w)?)
-            }
-            None => None,
-        };
-        let linux = spec.linux().as_ref();
-        let cg_path = linux
-            .and_then(|l| l.cgroups_path().as_ref())
-            .map(|p| p.to_string_lossy().into_owned());
-        let cgroup = cgroups::create(cg_path.as_deref(), &id)?;
+        let work = open_work_dir(opts.work_path.as_deref())?;
+        let cgroup = crate::container::spec_cgroup(&spec, &id)?;
         // The lazy-pages server listens in CRIU's work dir before CRIU starts; it outlives
         // this call when the restore succeeds, and is killed when it fails.
         let mut daemon = match (opts.lazy, &lazy_source) {
@@ -450,13 +425,7 @@ impl Runtime {
         rootfs: &Path,
         cgroup: &dyn CgroupManager,
     ) -> Result<i32> {
-        cgroup.prepare()?;
-        let resources = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().clone())
-            .unwrap_or_default();
-        cgroup.set(&resources)?;
+        crate::container::prepare_cgroup(cgroup, spec)?;
 
         // CRIU wants the root to be a mount point whose parent is not overmounted.
         let root = absolute(&dir.path().join("criu-root"))?;
