@@ -342,6 +342,7 @@ impl CreateArgs {
             console_socket: self.console_socket.clone(),
             no_pivot: self.no_pivot,
             preserve_fds: self.preserve_fds + listen_fds(),
+            ..Default::default()
         }
     }
 }

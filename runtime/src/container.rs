@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -61,6 +62,41 @@ pub struct CreateOptions {
     pub no_pivot: bool,
     /// Pass fds 3..3+N through to the container.
     pub preserve_fds: i32,
+    /// The init's stdin, stdout and stderr (default: the caller's own).
+    pub stdio: Stdio,
+}
+
+/// The standard streams of a container process: each one given replaces the caller's own,
+/// which the process otherwise inherits (as runc's processes do). Embedders that serve many
+/// containers from one process (the containerd shim) hand over fifos, files or pipes here.
+#[derive(Debug, Clone, Default)]
+pub struct Stdio {
+    /// Standard input.
+    pub stdin: Option<Arc<OwnedFd>>,
+    /// Standard output.
+    pub stdout: Option<Arc<OwnedFd>>,
+    /// Standard error.
+    pub stderr: Option<Arc<OwnedFd>>,
+}
+
+impl Stdio {
+    fn apply(&self, cmd: &mut Command) -> Result<()> {
+        let dup = |fd: &Arc<OwnedFd>| {
+            fd.try_clone()
+                .map(std::process::Stdio::from)
+                .map_err(|e| Error::Other(format!("duplicating a stdio fd: {e}")))
+        };
+        if let Some(fd) = &self.stdin {
+            cmd.stdin(dup(fd)?);
+        }
+        if let Some(fd) = &self.stdout {
+            cmd.stdout(dup(fd)?);
+        }
+        if let Some(fd) = &self.stderr {
+            cmd.stderr(dup(fd)?);
+        }
+        Ok(())
+    }
 }
 
 /// Options of `exec`.
@@ -72,6 +108,8 @@ pub struct ExecOptions {
     pub console_socket: Option<PathBuf>,
     /// Pass fds 3..3+N through.
     pub preserve_fds: i32,
+    /// The process's stdin, stdout and stderr (default: the caller's own).
+    pub stdio: Stdio,
 }
 
 /// The absolute bundle directory (`bundle`, or the current directory when empty), its spec
@@ -284,9 +322,10 @@ impl Runtime {
     }
 
     /// Spawns `cryo init` with the channel and the extra fds it needs inherited.
-    fn spawn_init(&self, inherit: &[RawFd]) -> Result<(Child, Channel)> {
+    fn spawn_init(&self, inherit: &[RawFd], stdio: &Stdio) -> Result<(Child, Channel)> {
         let (parent, child) = Channel::pair()?;
         let (mut cmd, _memfd) = self.init_command()?;
+        stdio.apply(&mut cmd)?;
         for fd in inherit.iter().copied().chain([child.raw_fd()]) {
             clear_cloexec(fd)?;
         }
@@ -424,7 +463,7 @@ impl Runtime {
         }
         let mut inherit = vec![fifo.as_raw_fd()];
         inherit.extend(console.as_ref().map(|c| c.as_raw_fd()));
-        let (mut stage1, mut chan) = match self.spawn_init(&inherit) {
+        let (mut stage1, mut chan) = match self.spawn_init(&inherit, &opts.stdio) {
             Ok(x) => x,
             Err(e) => {
                 cleanup_cg(cgroup.as_ref());
@@ -751,6 +790,16 @@ impl Runtime {
         Ok(cgroups::from_state(c)?.stats()?)
     }
 
+    /// A watcher of the container's OOM kills (the shim's `/tasks/oom`); `None` when the
+    /// container has no memory cgroup.
+    pub fn oom_watcher(&self, id: &str) -> Result<Option<cgroups::oom::OomWatcher>> {
+        let (_dir, st, _status) = self.load(id)?;
+        match st.cgroup.as_ref() {
+            Some(c) => Ok(cgroups::oom::OomWatcher::new(c)?),
+            None => Ok(None),
+        }
+    }
+
     /// `list`: every container's state.
     pub fn list(&self) -> Result<Vec<OciState>> {
         let mut out = Vec::new();
@@ -798,7 +847,7 @@ impl Runtime {
             Some(c) => cgroups::from_state(c)?.join_files(),
             None => Vec::new(),
         };
-        let (mut stage1, mut chan) = self.spawn_init(&inherit)?;
+        let (mut stage1, mut chan) = self.spawn_init(&inherit, &opts.stdio)?;
         let cfg = InitConfig {
             exec: true,
             spec: st.config.clone(),

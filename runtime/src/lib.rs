@@ -27,6 +27,6 @@ pub mod state;
 pub mod syscall;
 
 pub use checkpoint::{CgroupsMode, CheckpointOptions, CriuFlags, RestoreOptions};
-pub use container::{CreateOptions, ExecOptions, InitBinary, Runtime};
+pub use container::{CreateOptions, ExecOptions, InitBinary, Runtime, Stdio};
 pub use error::{Error, Result};
 pub use state::{OciState, Status};

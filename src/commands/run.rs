@@ -249,6 +249,7 @@ pub fn exec(rt: &Runtime, a: &ExecArgs) -> Result<u8> {
         pid_file: a.pid_file.clone(),
         console_socket: a.console_socket.clone(),
         preserve_fds: a.preserve_fds,
+        ..Default::default()
     };
     let pid = rt.exec(&a.id, process, &opts)?;
     if a.detach {

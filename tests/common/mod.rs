@@ -9,6 +9,8 @@ use std::sync::OnceLock;
 
 pub use serde_json::{json, Value};
 
+pub mod clients;
+
 /// Prints the skip line the suite summary collects, and tells the caller to return.
 #[macro_export]
 macro_rules! skip_unless_root {

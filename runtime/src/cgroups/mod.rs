@@ -33,6 +33,7 @@ pub mod devices;
 mod error;
 pub mod fs;
 pub mod layout;
+pub mod oom;
 pub mod stats;
 pub mod v1;
 pub mod v2;

@@ -1,0 +1,457 @@
+//! containerd drives cryo's own shim, `containerd-shim-cryo-v2` (runtime type
+//! `io.containerd.cryo.v2`), end to end: a private containerd (Debian's 1.6, and 2.x where the
+//! newer references are installed) with its own root, state and sockets, a busybox image
+//! imported with umoci, and `ctr` for every task call.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::clients::*;
+use common::*;
+
+const RUNTIME: &str = "io.containerd.cryo.v2";
+
+/// The shim binary, built beside `cryo` by `cargo build --workspace` (scripts/test does).
+fn shim_bin() -> PathBuf {
+    let p = cryo_bin().with_file_name("containerd-shim-cryo-v2");
+    assert!(
+        p.is_file(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
+struct Shimmed {
+    c: Containerd,
+    image: String,
+    tag: String,
+}
+
+impl Shimmed {
+    /// A containerd that finds the cryo shim (and `cryo` beside it) first on PATH, with the
+    /// busybox image imported; `None` (after printing why) where a test cannot run.
+    fn start(containerd: &Path, ctr: &Path, tag: &str) -> Option<Shimmed> {
+        if !nix_is_root() {
+            println!("skipped: needs root");
+            return None;
+        }
+        if which("umoci").is_none() {
+            println!("skipped: umoci is not installed (needed to build the image)");
+            return None;
+        }
+        let shim = shim_bin();
+        let ns = format!("cryo-shim-{}-{tag}", std::process::id());
+        let c = Containerd::start(containerd, ctr, shim.parent(), &ns);
+        let image = c.import_busybox();
+        Some(Shimmed {
+            c,
+            image,
+            tag: tag.to_string(),
+        })
+    }
+
+    /// A container id unique to this test process and test: cryo's state root is shared.
+    fn id(&self, name: &str) -> String {
+        format!("{name}-{}-{}", self.tag, std::process::id())
+    }
+
+    /// `ctr run --runtime io.containerd.cryo.v2 [flags] IMAGE ID ARGS...`.
+    fn run(&mut self, flags: &[&str], id: &str, args: &[&str]) -> Out {
+        self.c.ids.push(id.to_string());
+        let fifo = self.c.fifo_dir();
+        let mut a = vec!["run", "--runtime", RUNTIME, "--fifo-dir", &fifo];
+        a.extend(flags);
+        a.extend([self.image.as_str(), id]);
+        a.extend(args);
+        self.c.ctr(&a)
+    }
+
+    fn ctr_cmd(&self) -> Command {
+        let mut cmd = Command::new(&self.c.ctr);
+        cmd.arg("-a")
+            .arg(self.c.dir.path().join("c.sock"))
+            .args(["-n", &self.c.ns]);
+        cmd
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.c.ctr(args);
+        assert_eq!(
+            o.code,
+            0,
+            "ctr {args:?}: {o}\ncontainerd log:\n{}",
+            self.c.log()
+        );
+        o.stdout
+    }
+
+    /// The task's line in `ctr task ls`.
+    fn task_line(&self, id: &str) -> Option<String> {
+        self.ok(&["task", "ls"])
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .map(String::from)
+    }
+
+    fn wait_task_status(&self, id: &str, want: &str) {
+        let start = Instant::now();
+        loop {
+            let line = self.task_line(id);
+            if line.as_deref().is_some_and(|l| l.contains(want)) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{id} never became {want}: {line:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The serving shims of this containerd's namespace.
+    fn shim_pids(&self) -> Vec<i32> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_shim = args
+                .first()
+                .is_some_and(|a| a.ends_with(b"containerd-shim-cryo-v2"));
+            if is_shim && args.windows(2).any(|w| w[1] == self.c.ns.as_bytes()) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    fn wait_no_shim(&self) {
+        let start = Instant::now();
+        while !self.shim_pids().is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the shim outlived its last container: {:?}",
+                self.shim_pids()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `cryo state ID` under cryo's default root: the shim's containers are the CLI's.
+fn cryo_state(id: &str) -> Value {
+    let o = Command::new(cryo_bin())
+        .args(["state", id])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cryo state {id}: {o:?}");
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// The whole task API through `ctr`: foreground run with output and exit code, stdin,
+/// a log file, a detached task with exec, ps, pause/resume, metrics, kill, delete, and the
+/// shim gone after the last container.
+fn shim_flow(containerd: &Path, ctr: &Path, tag: &str) {
+    let Some(mut s) = Shimmed::start(containerd, ctr, tag) else {
+        return;
+    };
+
+    let fg = s.id("fg");
+    let o = s.run(
+        &["--rm"],
+        &fg,
+        &["sh", "-c", "echo hi; echo oops >&2; exit 3"],
+    );
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (3, "hi\n"),
+        "{o}\n{}",
+        s.c.log()
+    );
+    assert!(o.stderr.contains("oops"), "{o}");
+
+    // stdin reaches the process and its end closes it.
+    let cat = s.id("cat");
+    s.c.ids.push(cat.clone());
+    let fifo = s.c.fifo_dir();
+    let mut child = s
+        .ctr_cmd()
+        .args(["run", "--rm", "--runtime", RUNTIME, "--fifo-dir", &fifo])
+        .args([s.image.as_str(), &cat, "sh", "-c", "cat; echo end"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from stdin\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from stdin\nend\n",
+        "{out:?}"
+    );
+
+    // A file:// log URI takes stdout and stderr.
+    let logged = s.id("logged");
+    let log = s.c.dir.path().join("logs/task.log");
+    let uri = format!("file://{}", log.display());
+    let o = s.run(
+        &["--rm", "--log-uri", &uri],
+        &logged,
+        &["sh", "-c", "echo to-log; echo err-log >&2"],
+    );
+    assert_eq!(o.code, 0, "{o}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "to-log\nerr-log\n");
+
+    let bg = s.id("bg");
+    let o = s.run(&["-d"], &bg, &["sleep", "1000"]);
+    assert_eq!(o.code, 0, "{o}\n{}", s.c.log());
+    s.wait_task_status(&bg, "RUNNING");
+    let line = s.task_line(&bg).unwrap();
+    let task_pid: i64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let st = cryo_state(&bg);
+    assert_eq!(st["status"], "running", "{st}");
+    assert_eq!(st["pid"].as_i64(), Some(task_pid));
+    assert_eq!(s.shim_pids().len(), 1, "one shim per task");
+
+    let o = s.c.ctr(&[
+        "task",
+        "exec",
+        "--fifo-dir",
+        &fifo,
+        "--exec-id",
+        "x1",
+        &bg,
+        "sh",
+        "-c",
+        "echo ex-$$; exit 4",
+    ]);
+    assert_eq!(o.code, 4, "{o}\n{}", s.c.log());
+    assert!(o.stdout.starts_with("ex-"), "{o}");
+
+    let ps = s.ok(&["task", "ps", &bg]);
+    assert!(ps.contains(&task_pid.to_string()), "{ps}");
+
+    s.ok(&["task", "pause", &bg]);
+    s.wait_task_status(&bg, "PAUSED");
+    assert_eq!(cryo_state(&bg)["status"], "paused");
+    s.ok(&["task", "resume", &bg]);
+    s.wait_task_status(&bg, "RUNNING");
+
+    let metrics = s.ok(&["task", "metrics", &bg]);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("pids.current") && l.contains('1')),
+        "{metrics}"
+    );
+
+    // A bad request gets a clear error, and the shim keeps serving.
+    let o =
+        s.c.ctr(&["task", "exec", "--exec-id", "x1", &bg, "nonexistent-binary"]);
+    assert_ne!(o.code, 0, "{o}");
+    s.wait_task_status(&bg, "RUNNING");
+
+    // sleep as pid 1 ignores SIGTERM: KILL it.
+    s.ok(&["task", "kill", "-s", "KILL", &bg]);
+    s.wait_task_status(&bg, "STOPPED");
+    let o = s.c.ctr(&["task", "kill", &bg]);
+    assert_ne!(o.code, 0, "killing a stopped task: {o}");
+    s.ok(&["task", "delete", &bg]);
+    s.ok(&["container", "rm", &bg]);
+    assert!(s.ok(&["task", "ls", "-q"]).trim().is_empty());
+    s.wait_no_shim();
+    let o = Command::new(cryo_bin())
+        .args(["state", &bg])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "cryo still has {bg}");
+}
+
+/// `ctr run -t`: the process gets a terminal, its output comes back through the shim.
+fn shim_terminal(containerd: &Path, ctr: &Path, tag: &str) {
+    let Some(mut s) = Shimmed::start(containerd, ctr, tag) else {
+        return;
+    };
+    let id = s.id("tty");
+    s.c.ids.push(id.clone());
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = || Stdio::from(pty.slave.try_clone().unwrap());
+    let fifo = s.c.fifo_dir();
+    let mut cmd = s.ctr_cmd();
+    cmd.args([
+        "run",
+        "--rm",
+        "-t",
+        "--runtime",
+        RUNTIME,
+        "--fifo-dir",
+        &fifo,
+    ])
+    .args([
+        s.image.as_str(),
+        &id,
+        "sh",
+        "-c",
+        "tty; read x; echo got-$x; exit 5",
+    ])
+    .stdin(slave())
+    .stdout(slave())
+    .stderr(slave());
+    // SAFETY: setsid in the child before exec, so that the pty can become its terminal.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().unwrap();
+    drop(pty.slave);
+    let mut master = std::fs::File::from(pty.master);
+    let fd = master.as_raw_fd();
+    // SAFETY: fcntl on our own fd.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut out = Vec::new();
+    let mut sent = false;
+    let start = Instant::now();
+    let status = loop {
+        let mut buf = [0u8; 4096];
+        match master.read(&mut buf) {
+            Ok(n) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+        if !sent && String::from_utf8_lossy(&out).contains("/dev/pts/") {
+            master.write_all(b"ping\n").unwrap();
+            sent = true;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "ctr run -t hung; output so far: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+    };
+    // Whatever is still buffered.
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(status.code(), Some(5), "{text}");
+    assert!(text.contains("/dev/pts/0"), "{text}");
+    assert!(text.contains("got-ping"), "{text}");
+}
+
+/// A task killed by its memory limit produces `/tasks/oom` on containerd's event stream.
+fn shim_oom(containerd: &Path, ctr: &Path, tag: &str) {
+    let Some(mut s) = Shimmed::start(containerd, ctr, tag) else {
+        return;
+    };
+    let events_out = s.c.dir.path().join("events.txt");
+    let mut events = s
+        .ctr_cmd()
+        .arg("events")
+        .stdout(std::fs::File::create(&events_out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = s.id("oom");
+    let o = s.run(
+        &["--rm", "--memory-limit", "16777216"],
+        &id,
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/null bs=64M count=1; echo after-$?",
+        ],
+    );
+    assert_eq!(o.code, 0, "{o}");
+    assert!(o.stdout.contains("after-137"), "dd was not OOM-killed: {o}");
+    let start = Instant::now();
+    let seen = loop {
+        let text = std::fs::read_to_string(&events_out).unwrap_or_default();
+        if text.contains("/tasks/oom") || start.elapsed() > Duration::from_secs(10) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(
+        seen.lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains(&id)),
+        "no /tasks/oom for {id}:\n{seen}"
+    );
+}
+
+fn containerd_1_6() -> Option<(PathBuf, PathBuf)> {
+    match (which("containerd"), which("ctr")) {
+        (Some(c), Some(t)) => Some((c, t)),
+        _ => {
+            println!("skipped: containerd/ctr are not installed");
+            None
+        }
+    }
+}
+
+fn containerd_2() -> Option<(PathBuf, PathBuf)> {
+    let bin = Path::new("/var/cache/cryo/refs/bin");
+    for b in ["containerd", "ctr"] {
+        if !bin.join(b).is_file() {
+            println!(
+                "skipped: {} is absent (the newer references: see DESIGN.md)",
+                bin.join(b).display()
+            );
+            return None;
+        }
+    }
+    Some((bin.join("containerd"), bin.join("ctr")))
+}
+
+#[test]
+fn containerd_1_6_through_the_cryo_shim() {
+    if let Some((c, t)) = containerd_1_6() {
+        shim_flow(&c, &t, "v1");
+    }
+}
+
+#[test]
+fn containerd_2_through_the_cryo_shim() {
+    if let Some((c, t)) = containerd_2() {
+        shim_flow(&c, &t, "v2");
+    }
+}
+
+#[test]
+fn terminal_through_the_cryo_shim() {
+    if let Some((c, t)) = containerd_1_6() {
+        shim_terminal(&c, &t, "tty");
+    }
+}
+
+#[test]
+fn oom_event_through_the_cryo_shim() {
+    if let Some((c, t)) = containerd_1_6() {
+        shim_oom(&c, &t, "oom");
+    }
+}
