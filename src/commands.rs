@@ -463,6 +463,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
                 pid_file: pid_file.as_ref().map(|p| absolute(p)),
                 console_socket: console_socket.clone(),
                 flags: criu.flags(cli.criu.as_deref())?,
+                stdio: Default::default(),
             };
             return run::restore(&rt, id, &opts, *detach);
         }

@@ -362,6 +362,151 @@ fn shim_terminal(containerd: &Path, ctr: &Path, tag: &str) {
     assert!(text.contains("got-ping"), "{text}");
 }
 
+const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done";
+
+/// The counter a COUNTER task has reached (read through an exec; the shell rewrites the file
+/// in place, so a read that catches it empty is tried again).
+fn count(s: &Shimmed, id: &str) -> u64 {
+    let fifo = s.c.fifo_dir();
+    let mut last = String::new();
+    for i in 0..20 {
+        let exec_id = format!("count-{i}");
+        let out = s.ok(&[
+            "task",
+            "exec",
+            "--fifo-dir",
+            &fifo,
+            "--exec-id",
+            &exec_id,
+            id,
+            "cat",
+            "/tmp/count",
+        ]);
+        if let Ok(n) = out.trim().parse() {
+            return n;
+        }
+        last = out;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{id}: /tmp/count holds {last:?}")
+}
+
+/// Waits until the counter of `id` passes `floor`: the restored tree runs and keeps its state.
+fn assert_counts_past(s: &Shimmed, id: &str, floor: u64) {
+    let start = Instant::now();
+    loop {
+        let n = count(s, id);
+        if n > floor {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{id}: counter stuck at {n} (checkpointed at {floor})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `ctr container checkpoint --task` and `ctr container restore --live`: CRIU images through
+/// containerd's content store, the restored task's counter going on from where it was.
+fn shim_checkpoint_restore(containerd: &Path, ctr: &Path, tag: &str) {
+    let Some(mut s) = Shimmed::start(containerd, ctr, tag) else {
+        return;
+    };
+    let id = s.id("ck");
+    let o = s.run(&["-d"], &id, &["sh", "-c", COUNTER]);
+    assert_eq!(o.code, 0, "{o}");
+    s.wait_task_status(&id, "RUNNING");
+    assert_counts_past(&s, &id, 3);
+    let image = format!("localhost/{id}:checkpoint");
+    s.ok(&["container", "checkpoint", "--task", &id, &image]);
+    // The checkpoint left the task running.
+    s.wait_task_status(&id, "RUNNING");
+    let at = count(&s, &id);
+    s.ok(&["task", "kill", "-s", "KILL", &id]);
+    s.wait_task_status(&id, "STOPPED");
+    s.ok(&["task", "delete", &id]);
+    s.ok(&["container", "rm", &id]);
+
+    s.ok(&["container", "restore", "--live", &id, &image]);
+    s.wait_task_status(&id, "RUNNING");
+    assert_counts_past(&s, &id, at);
+    s.ok(&["task", "kill", "-s", "KILL", &id]);
+    s.wait_task_status(&id, "STOPPED");
+    s.ok(&["task", "delete", &id]);
+    s.ok(&["container", "rm", &id]);
+    s.wait_no_shim();
+}
+
+/// The serverless path: a warmed-up task is checkpointed into the store by name while it
+/// runs (`cryo checkpoint --snapshot`, on the shim's container), then three replicas start
+/// from that snapshot through the `io.cryo.snapshot` annotation, lazily; a missing snapshot
+/// is a clear error and the shim keeps serving.
+fn shim_snapshot_start(containerd: &Path, ctr: &Path, tag: &str) {
+    let store = tempfile::Builder::new()
+        .prefix("cryo-shim-store-")
+        .tempdir()
+        .unwrap();
+    if !nix_is_root() {
+        println!("skipped: needs root");
+        return;
+    }
+    let shim = shim_bin();
+    let ns = format!("cryo-shim-{}-{tag}", std::process::id());
+    let c = Containerd::start_with_env(
+        containerd,
+        ctr,
+        shim.parent(),
+        &ns,
+        &[("CRYO_STORE", store.path())],
+    );
+    let image = c.import_busybox();
+    let mut s = Shimmed {
+        c,
+        image,
+        tag: tag.to_string(),
+    };
+    let warm = s.id("warm");
+    let o = s.run(&["-d"], &warm, &["sh", "-c", COUNTER]);
+    assert_eq!(o.code, 0, "{o}");
+    assert_counts_past(&s, &warm, 3);
+    let name = format!("warm-{}", std::process::id());
+    let o = Command::new(cryo_bin())
+        .args(["checkpoint", "--store"])
+        .arg(store.path())
+        .args(["--leave-running", "--snapshot", &name, &warm])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cryo checkpoint: {o:?}");
+    let at = count(&s, &warm);
+    s.wait_task_status(&warm, "RUNNING");
+
+    let annotation = format!("io.cryo.snapshot={name}");
+    let replicas: Vec<String> = (0..3).map(|i| s.id(&format!("replica{i}"))).collect();
+    for r in &replicas {
+        let o = s.run(&["-d", "--annotation", &annotation], r, &["sh"]);
+        assert_eq!(o.code, 0, "{r}: {o}\n{}", s.c.log());
+    }
+    for r in &replicas {
+        s.wait_task_status(r, "RUNNING");
+        assert_counts_past(&s, r, at.saturating_sub(100).max(3));
+        assert_eq!(cryo_state(r)["status"], "running");
+    }
+    assert_counts_past(&s, &warm, at);
+
+    let missing = s.id("missing");
+    let o = s.run(
+        &["-d", "--annotation", "io.cryo.snapshot=no-such-snapshot"],
+        &missing,
+        &["sh"],
+    );
+    assert_ne!(o.code, 0, "{o}");
+    assert!(o.stderr.contains("no-such-snapshot"), "{o}");
+    for r in &replicas {
+        s.wait_task_status(r, "RUNNING");
+    }
+}
+
 /// A task killed by its memory limit produces `/tasks/oom` on containerd's event stream.
 fn shim_oom(containerd: &Path, ctr: &Path, tag: &str) {
     let Some(mut s) = Shimmed::start(containerd, ctr, tag) else {
@@ -453,5 +598,19 @@ fn terminal_through_the_cryo_shim() {
 fn oom_event_through_the_cryo_shim() {
     if let Some((c, t)) = containerd_1_6() {
         shim_oom(&c, &t, "oom");
+    }
+}
+
+#[test]
+fn checkpoint_and_restore_through_the_cryo_shim() {
+    if let Some((c, t)) = containerd_1_6() {
+        shim_checkpoint_restore(&c, &t, "ckpt");
+    }
+}
+
+#[test]
+fn snapshot_start_through_the_cryo_shim() {
+    if let Some((c, t)) = containerd_1_6() {
+        shim_snapshot_start(&c, &t, "snap");
     }
 }

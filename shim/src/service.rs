@@ -164,6 +164,66 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The spec annotation that makes a container start from a snapshot of the store: its
+/// value names the snapshot (a name, `sha256:HEX` or a unique prefix).
+pub const SNAPSHOT_ANNOTATION: &str = "io.cryo.snapshot";
+/// `"false"` restores the snapshot eagerly (every page in before the process runs); the
+/// default is lazy (the process runs at once, memory streams in from the store).
+pub const SNAPSHOT_LAZY_ANNOTATION: &str = "io.cryo.snapshot.lazy";
+/// The image path (`ctr task checkpoint --image-path`) prefix that checkpoints into the store
+/// under the name that follows, leaving the container running.
+pub const SNAPSHOT_IMAGE_PREFIX: &str = "snapshot:";
+
+/// Where a restored container's process tree comes from.
+#[derive(Debug, Clone)]
+enum Restore {
+    /// A CRIU image directory (`ctr container restore --live`).
+    Image(PathBuf),
+    /// A snapshot of the store (the annotation).
+    Snapshot { name: String, lazy: bool },
+}
+
+/// The restore a Create asks for: a checkpoint directory, or the snapshot annotation of the
+/// bundle's config.json.
+fn restore_source(req: &CreateTaskRequest, bundle: &Path) -> RpcResult<Option<Restore>> {
+    if !req.checkpoint.is_empty() {
+        return Ok(Some(Restore::Image(PathBuf::from(&req.checkpoint))));
+    }
+    let config = bundle.join("config.json");
+    let spec: serde_json::Value = std::fs::read(&config)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let annotation = |k: &str| spec.get("annotations").and_then(|a| a.get(k)).cloned();
+    let Some(name) = annotation(SNAPSHOT_ANNOTATION) else {
+        return Ok(None);
+    };
+    let bad = |what: String| {
+        rpc_err(
+            Code::INVALID_ARGUMENT,
+            format!("{}: annotations: {what}", config.display()),
+        )
+    };
+    let name = name
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| bad(format!("{SNAPSHOT_ANNOTATION}: expected a snapshot name")))?
+        .to_string();
+    let lazy = match annotation(SNAPSHOT_LAZY_ANNOTATION) {
+        None => true,
+        Some(v) => match v.as_str() {
+            Some("true") => true,
+            Some("false") => false,
+            _ => {
+                return Err(bad(format!(
+                    "{SNAPSHOT_LAZY_ANNOTATION}: expected \"true\" or \"false\", found {v}"
+                )))
+            }
+        },
+    };
+    Ok(Some(Restore::Snapshot { name, lazy }))
+}
+
 /// One process of a task: the container's init or an exec process.
 struct Proc {
     /// Empty for the init.
@@ -216,6 +276,9 @@ struct Container {
     id: String,
     bundle: PathBuf,
     rt: Runtime,
+    settings: Settings,
+    /// What Start restores instead of starting a created container.
+    restore: Option<Restore>,
     rootfs_mounted: bool,
     init: Arc<Proc>,
     execs: Mutex<HashMap<String, Arc<Proc>>>,
@@ -286,16 +349,6 @@ impl Service {
                 format!("container {id:?} already exists"),
             ));
         }
-        if !req.checkpoint.is_empty() {
-            return Err(rpc_err(
-                Code::UNIMPLEMENTED,
-                format!(
-                    "container {id}: restoring from checkpoint {} is not supported by this shim \
-                     yet; use `cryo restore`",
-                    req.checkpoint
-                ),
-            ));
-        }
         let settings = Settings::from_options(req.options.as_ref())
             .map_err(|e| rpc_err(Code::INVALID_ARGUMENT, format!("container {id}: {e}")))?;
         let bundle = PathBuf::from(&req.bundle);
@@ -331,13 +384,24 @@ impl Service {
                 ));
             }
         };
+        let restore = match restore_source(req, &bundle) {
+            Ok(r) => r,
+            Err(e) => {
+                undo_mount();
+                return Err(e);
+            }
+        };
         let opts = CreateOptions {
             bundle: bundle.clone(),
             console_socket: io.console_socket(),
             stdio: io.stdio.clone(),
             ..Default::default()
         };
-        let pid = {
+        // A restored container comes into being at Start, as runc's shim does it: its
+        // process tree starts running as soon as it is restored.
+        let pid = if restore.is_some() {
+            0
+        } else {
             let _call = self.ops.runtime_call();
             let pid = match rt.create(&id, &opts) {
                 Ok(pid) => pid,
@@ -352,9 +416,9 @@ impl Service {
                 return Err(rpc_err(Code::UNKNOWN, format!("container {id}: {e:#}")));
             }
             lock(&self.pids).insert(pid, (id.clone(), String::new()));
+            io.release();
             pid
         };
-        io.release();
         let init = Arc::new(Proc {
             exec_id: String::new(),
             stdin: req.stdin.clone(),
@@ -373,12 +437,51 @@ impl Service {
             id: id.clone(),
             bundle,
             rt,
+            settings,
+            restore,
             rootfs_mounted: mounted,
             init,
             execs: Mutex::new(HashMap::new()),
         });
         lock(&self.containers).insert(id, c.clone());
         Ok(c)
+    }
+
+    /// Start of a restored container: CRIU brings its process tree back, with the streams
+    /// of this task in place of the checkpointed ones.
+    fn start_restore(&self, c: &Container, from: &Restore) -> RpcResult<i32> {
+        let mut io = lock(&c.init.io);
+        let mut opts = cryo_runtime::RestoreOptions {
+            bundle: c.bundle.clone(),
+            console_socket: io.console_socket(),
+            stdio: io.stdio.clone(),
+            ..Default::default()
+        };
+        opts.flags.criu = c.settings.criu.clone();
+        match from {
+            Restore::Image(dir) => opts.image_path = dir.clone(),
+            Restore::Snapshot { name, lazy } => {
+                opts.snapshot = Some(name.clone());
+                opts.lazy = *lazy;
+            }
+        }
+        let _call = self.ops.runtime_call();
+        let pid = match c.rt.restore(&c.id, &opts) {
+            Ok(pid) => pid,
+            Err(e) => {
+                io.release();
+                io.close_stdin();
+                return Err(runtime_err(&format!("restoring {}", c.id), e));
+            }
+        };
+        lock(&self.pids).insert(pid, (c.id.clone(), String::new()));
+        if let Err(e) = io.attach_console() {
+            let _ = c.rt.kill(&c.id, Signal::SIGKILL, true);
+            return Err(rpc_err(Code::UNKNOWN, format!("restoring {}: {e:#}", c.id)));
+        }
+        io.release();
+        tracing::info!(container = %c.id, pid, source = ?from, "restored");
+        Ok(pid)
     }
 
     fn start_exec(&self, c: &Container, p: &Proc) -> RpcResult<i32> {
@@ -511,7 +614,9 @@ impl Task for Service {
             protobuf::text_format::print_to_string(&req)
         );
         let c = self.create_container(&req)?;
-        self.watch_oom(&c);
+        if c.restore.is_none() {
+            self.watch_oom(&c);
+        }
         let pid = c.init.state().pid;
         tracing::info!(container = %c.id, pid, "created");
         self.events.publish(Event::Create(TaskCreate {
@@ -549,7 +654,9 @@ impl Task for Service {
                 format!("{} {:?} already started", c.id, req.exec_id),
             ));
         }
-        let started = if req.exec_id.is_empty() {
+        let started = if let (true, Some(from)) = (req.exec_id.is_empty(), &c.restore) {
+            self.start_restore(&c, from)
+        } else if req.exec_id.is_empty() {
             let _call = self.ops.runtime_call();
             c.rt.start(&c.id)
                 .map(|()| p.state().pid)
@@ -572,6 +679,9 @@ impl Task for Service {
             st.started = true;
         }
         if req.exec_id.is_empty() {
+            if c.restore.is_some() {
+                self.watch_oom(&c);
+            }
             self.events.publish(Event::Start(TaskStart {
                 container_id: c.id.clone(),
                 pid: wire_pid(pid),
@@ -780,12 +890,19 @@ impl Task for Service {
                 }
             }
         }
-        let settings = Settings::load(&c.bundle);
+        let snapshot = image
+            .strip_prefix(SNAPSHOT_IMAGE_PREFIX)
+            .map(String::from)
+            .filter(|n| !n.is_empty());
         let opts = cryo_runtime::CheckpointOptions {
-            image_path: PathBuf::from(&image),
+            image_path: if snapshot.is_some() {
+                PathBuf::new()
+            } else {
+                PathBuf::from(&image)
+            },
             work_path: (!o.work_path.is_empty()).then(|| PathBuf::from(&o.work_path)),
             leave_running: !o.exit,
-            snapshot: None,
+            snapshot,
             store: None,
             flags: cryo_runtime::CriuFlags {
                 tcp_established: o.open_tcp,
@@ -794,7 +911,7 @@ impl Task for Service {
                 file_locks: o.file_locks,
                 cgroups_mode,
                 empty_ns,
-                criu: settings.criu,
+                criu: c.settings.criu.clone(),
             },
         };
         {

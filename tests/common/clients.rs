@@ -147,6 +147,17 @@ impl Containerd {
     /// Starts `containerd` (with `bin_dir` first on PATH, so that it finds the shim beside it)
     /// and waits for its socket.
     pub fn start(containerd: &Path, ctr: &Path, bin_dir: Option<&Path>, ns: &str) -> Containerd {
+        Containerd::start_with_env(containerd, ctr, bin_dir, ns, &[])
+    }
+
+    /// [`Containerd::start`] with extra environment (its shims inherit it).
+    pub fn start_with_env(
+        containerd: &Path,
+        ctr: &Path,
+        bin_dir: Option<&Path>,
+        ns: &str,
+        env: &[(&str, &Path)],
+    ) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("cryo-ctrd-")
             .tempdir()
@@ -180,7 +191,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
             .arg(d.join("config.toml"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log);
+            .stderr(log)
+            .envs(env.iter().copied());
         if let Some(b) = bin_dir {
             let path = std::env::var_os("PATH").unwrap_or_default();
             let mut paths = vec![b.to_path_buf()];

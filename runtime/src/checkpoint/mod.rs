@@ -129,6 +129,11 @@ pub struct RestoreOptions {
     pub leave_stopped: bool,
     /// The store (default: `$CRYO_STORE`, else /var/lib/cryo/store).
     pub store: Option<PathBuf>,
+    /// New stdin, stdout and stderr for the restored init, in place of what it had at the
+    /// checkpoint (a server such as the containerd shim gives each restore fresh streams).
+    /// Streams not given are reopened as they were (external files) or taken from the
+    /// caller's own fds 0-2.
+    pub stdio: crate::Stdio,
     /// The shared switches.
     pub flags: CriuFlags,
 }

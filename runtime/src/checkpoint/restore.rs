@@ -450,6 +450,17 @@ impl Runtime {
         let mut inherit = Vec::new();
         for d in &meta.descriptors {
             let Some(key) = d.inherit_key() else { continue };
+            let given = match d.fd {
+                0 => opts.stdio.stdin.as_ref(),
+                1 => opts.stdio.stdout.as_ref(),
+                2 => opts.stdio.stderr.as_ref(),
+                _ => None,
+            };
+            if let Some(fd) = given {
+                inherit.push(key.to_string());
+                held.push(fd.try_clone().io_ctx(&d.path)?);
+                continue;
+            }
             let fd = match (&d.external, reopen(d)) {
                 (Some(_), Some(f)) => f,
                 _ => own_stdio(d.fd).ok_or_else(|| {
