@@ -244,6 +244,22 @@ fn shim_flow(containerd: &Path, ctr: &Path, tag: &str) {
     assert_eq!(o.code, 4, "{o}\n{}", s.c.log());
     assert!(o.stdout.starts_with("ex-"), "{o}");
 
+    // containerd restarts: the shim keeps its task and containerd finds it again.
+    s.c.restart();
+    s.wait_task_status(&bg, "RUNNING");
+    let o = s.c.ctr(&[
+        "task",
+        "exec",
+        "--fifo-dir",
+        &fifo,
+        "--exec-id",
+        "x2",
+        &bg,
+        "echo",
+        "after-restart",
+    ]);
+    assert_eq!((o.code, o.stdout.as_str()), (0, "after-restart\n"), "{o}");
+
     let ps = s.ok(&["task", "ps", &bg]);
     assert!(ps.contains(&task_pid.to_string()), "{ps}");
 

@@ -156,12 +156,14 @@ mod tests {
 
     #[test]
     fn socket_names_follow_containerd() {
-        // sha256("/run/containerd/containerd.sock/default/c1"), as containerd's
-        // shim.SocketAddress computes it.
+        // As containerd's shim.SocketAddress: sha256 of "ADDRESS/NAMESPACE/ID".
         let p = socket_path("/run/containerd/containerd.sock", "default", "c1");
         assert!(p.starts_with(SOCKET_DIR));
-        let name = p.file_name().unwrap().to_str().unwrap();
-        assert_eq!(name.len(), 64);
+        // echo -n /run/containerd/containerd.sock/default/c1 | sha256sum
+        assert_eq!(
+            p.file_name().unwrap().to_str().unwrap(),
+            "d25aa4ef11a84e954e74a5bcff06557d0b6ea8d0c00243896f29826694bbd888"
+        );
         assert_ne!(
             p,
             socket_path("/run/containerd/containerd.sock", "other", "c1")

@@ -74,6 +74,11 @@ impl Settings {
         let Some(any) = any.filter(|a| !a.value.is_empty()) else {
             return Ok(Settings::default());
         };
+        if any.type_url.ends_with("runtimeoptions.v1.Options") {
+            // What containerd's CRI plugin sends for a runtime that is not runc: a path to a
+            // config file of the runtime's own. cryo has none; its defaults apply.
+            return Ok(Settings::default());
+        }
         if !any.type_url.ends_with("containerd.runc.v1.Options") {
             return Err(format!(
                 "options: expected containerd.runc.v1.Options, found {:?}",
@@ -1234,4 +1239,97 @@ pub fn serve(args: &Args) -> Result<()> {
     std::thread::sleep(Duration::from_millis(20));
     std::mem::forget(server);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(type_url: &str, value: Vec<u8>) -> Any {
+        Any {
+            type_url: type_url.into(),
+            value,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn runc_options_set_root_binary_and_criu() {
+        let o = Options {
+            root: "/run/x".into(),
+            binary_name: "/opt/cryo".into(),
+            criu_path: "/opt/criu".into(),
+            ..Default::default()
+        };
+        let a = any("containerd.runc.v1.Options", o.write_to_bytes().unwrap());
+        let s = Settings::from_options(Some(&a)).unwrap();
+        assert_eq!(s.root.as_deref(), Some(Path::new("/run/x")));
+        assert_eq!(s.binary.as_deref(), Some(Path::new("/opt/cryo")));
+        assert_eq!(s.criu.as_deref(), Some(Path::new("/opt/criu")));
+        assert!(Settings::from_options(None).unwrap().root.is_none());
+    }
+
+    #[test]
+    fn cri_options_fall_back_to_defaults_and_others_are_refused() {
+        let a = any("runtimeoptions.v1.Options", vec![10, 1, b'x']);
+        assert!(Settings::from_options(Some(&a)).unwrap().binary.is_none());
+        let a = any("example.com/Other", vec![1]);
+        let e = Settings::from_options(Some(&a)).unwrap_err();
+        assert!(e.contains("example.com/Other"), "{e}");
+    }
+
+    fn bundle_with(annotations: serde_json::Value) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let spec = serde_json::json!({ "annotations": annotations });
+        std::fs::write(d.path().join("config.json"), spec.to_string()).unwrap();
+        d
+    }
+
+    #[test]
+    fn the_snapshot_annotation_asks_for_a_lazy_restore() {
+        let req = CreateTaskRequest::default();
+        let d = bundle_with(serde_json::json!({ SNAPSHOT_ANNOTATION: "model:warm" }));
+        match restore_source(&req, d.path()).unwrap() {
+            Some(Restore::Snapshot { name, lazy }) => {
+                assert_eq!(name, "model:warm");
+                assert!(lazy);
+            }
+            other => panic!("{other:?}"),
+        }
+        let d = bundle_with(serde_json::json!({
+            SNAPSHOT_ANNOTATION: "m", SNAPSHOT_LAZY_ANNOTATION: "false"
+        }));
+        assert!(matches!(
+            restore_source(&req, d.path()).unwrap(),
+            Some(Restore::Snapshot { lazy: false, .. })
+        ));
+        let d = bundle_with(serde_json::json!({}));
+        assert!(restore_source(&req, d.path()).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_annotations_name_the_key() {
+        let req = CreateTaskRequest::default();
+        let d = bundle_with(serde_json::json!({ SNAPSHOT_ANNOTATION: "" }));
+        let e = restore_source(&req, d.path()).unwrap_err().to_string();
+        assert!(e.contains(SNAPSHOT_ANNOTATION), "{e}");
+        let d = bundle_with(serde_json::json!({
+            SNAPSHOT_ANNOTATION: "m", SNAPSHOT_LAZY_ANNOTATION: "maybe"
+        }));
+        let e = restore_source(&req, d.path()).unwrap_err().to_string();
+        assert!(e.contains(SNAPSHOT_LAZY_ANNOTATION), "{e}");
+    }
+
+    #[test]
+    fn a_checkpoint_directory_wins() {
+        let req = CreateTaskRequest {
+            checkpoint: "/tmp/ck".into(),
+            ..Default::default()
+        };
+        let d = bundle_with(serde_json::json!({ SNAPSHOT_ANNOTATION: "m" }));
+        assert!(matches!(
+            restore_source(&req, d.path()).unwrap(),
+            Some(Restore::Image(p)) if p == Path::new("/tmp/ck")
+        ));
+    }
 }

@@ -138,6 +138,8 @@ pub fn assert_cryo_runs(root: &Path, id: &str) -> i64 {
 pub struct Containerd {
     pub dir: tempfile::TempDir,
     pub child: Child,
+    /// How to start it again ([`Containerd::restart`]).
+    command: Command,
     pub ctr: PathBuf,
     pub ns: String,
     pub ids: Vec<String>,
@@ -203,23 +205,44 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
         let c = Containerd {
             dir,
             child,
+            command: cmd,
             ctr: ctr.to_path_buf(),
             ns: ns.to_string(),
             ids: Vec::new(),
         };
+        c.wait_up();
+        c
+    }
+
+    fn wait_up(&self) {
         let start = Instant::now();
         loop {
-            if c.dir.path().join("c.sock").exists() && c.ctr(&["version"]).code == 0 {
+            if self.dir.path().join("c.sock").exists() && self.ctr(&["version"]).code == 0 {
                 break;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "containerd did not come up:\n{}",
-                c.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        c
+    }
+
+    /// Stops containerd (SIGTERM, as a service manager does) and starts it again on the same
+    /// root, state and sockets: its shims keep running and it reconnects to them.
+    pub fn restart(&mut self) {
+        // SAFETY: kill on our own child's pid.
+        unsafe {
+            libc::kill(
+                i32::try_from(self.child.id()).unwrap_or(i32::MAX),
+                libc::SIGTERM,
+            )
+        };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.dir.path().join("c.sock"));
+        self.child = self.command.spawn().unwrap();
+        self.wait_up();
     }
 
     pub fn log(&self) -> String {
