@@ -218,6 +218,41 @@ fn shim_flow(containerd: &Path, ctr: &Path, tag: &str) {
     assert_eq!(o.code, 0, "{o}");
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "to-log\nerr-log\n");
 
+    // A binary:// logging driver gets the output through its fds 3 and 4.
+    let logdir = s.c.dir.path().join("binlog");
+    std::fs::create_dir_all(&logdir).unwrap();
+    let logger = logdir.join("logger.sh");
+    std::fs::write(
+        &logger,
+        format!(
+            "#!/bin/sh\nexec 5>&-\ncat <&3 > {d}/out.log &\ncat <&4 > {d}/err.log\nwait\n",
+            d = logdir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let binlogged = s.id("binlog");
+    let uri = format!("binary://{}?tag=x", logger.display());
+    let o = s.run(
+        &["--rm", "--log-uri", &uri],
+        &binlogged,
+        &["sh", "-c", "echo bin-out; echo bin-err >&2"],
+    );
+    assert_eq!(o.code, 0, "{o}");
+    let start = Instant::now();
+    loop {
+        let out = std::fs::read_to_string(logdir.join("out.log")).unwrap_or_default();
+        let err = std::fs::read_to_string(logdir.join("err.log")).unwrap_or_default();
+        if out == "bin-out\n" && err == "bin-err\n" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "logging binary got {out:?} / {err:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
     let bg = s.id("bg");
     let o = s.run(&["-d"], &bg, &["sleep", "1000"]);
     assert_eq!(o.code, 0, "{o}\n{}", s.c.log());

@@ -229,6 +229,22 @@ fn restore_source(req: &CreateTaskRequest, bundle: &Path) -> RpcResult<Option<Re
     Ok(Some(Restore::Snapshot { name, lazy }))
 }
 
+/// Whether the bundle's spec gives the container a new pid namespace (one without a path).
+fn has_own_pid_ns(bundle: &Path) -> bool {
+    let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    spec.pointer("/linux/namespaces")
+        .and_then(|n| n.as_array())
+        .is_some_and(|ns| {
+            ns.iter().any(|n| {
+                n.get("type").and_then(|t| t.as_str()) == Some("pid")
+                    && !matches!(n.get("path").and_then(|p| p.as_str()), Some(p) if !p.is_empty())
+            })
+        })
+}
+
 /// One process of a task: the container's init or an exec process.
 struct Proc {
     /// Empty for the init.
@@ -284,6 +300,9 @@ struct Container {
     settings: Settings,
     /// What Start restores instead of starting a created container.
     restore: Option<Restore>,
+    /// Whether the container has a pid namespace of its own (then its processes die with
+    /// its init).
+    own_pid_ns: bool,
     rootfs_mounted: bool,
     init: Arc<Proc>,
     execs: Mutex<HashMap<String, Arc<Proc>>>,
@@ -332,6 +351,11 @@ impl Service {
                 continue;
             };
             let Ok(p) = c.process(&eid) else { continue };
+            if eid.is_empty() && !c.own_pid_ns {
+                // Without a pid namespace of its own, the container's other processes outlive
+                // its init: end them with it, as runc's shim does.
+                let _ = c.rt.kill(&c.id, Signal::SIGKILL, true);
+            }
             lock(&p.io).drain(DRAIN_TIMEOUT);
             let at = p.set_exit(status);
             tracing::debug!(container = %cid, exec = %eid, pid, status, "exited");
@@ -440,6 +464,7 @@ impl Service {
         });
         let c = Arc::new(Container {
             id: id.clone(),
+            own_pid_ns: has_own_pid_ns(&bundle),
             bundle,
             rt,
             settings,
@@ -1318,6 +1343,21 @@ mod tests {
         }));
         let e = restore_source(&req, d.path()).unwrap_err().to_string();
         assert!(e.contains(SNAPSHOT_LAZY_ANNOTATION), "{e}");
+    }
+
+    #[test]
+    fn pid_namespaces() {
+        let d = tempfile::tempdir().unwrap();
+        let write = |ns: serde_json::Value| {
+            let spec = serde_json::json!({ "linux": { "namespaces": ns } });
+            std::fs::write(d.path().join("config.json"), spec.to_string()).unwrap();
+        };
+        write(serde_json::json!([{ "type": "pid" }, { "type": "mount" }]));
+        assert!(has_own_pid_ns(d.path()));
+        write(serde_json::json!([{ "type": "pid", "path": "/proc/1/ns/pid" }]));
+        assert!(!has_own_pid_ns(d.path()));
+        write(serde_json::json!([{ "type": "mount" }]));
+        assert!(!has_own_pid_ns(d.path()));
     }
 
     #[test]
