@@ -243,6 +243,13 @@ fn base_opts(images: &File, work: Option<&File>, log: &str, flags: &CriuFlags) -
         file_locks: Some(flags.file_locks),
         empty_ns: Some(flags.empty_ns),
         orphan_pts_master: Some(true),
+        // CRIU's network lock (iptables rules in the container's netns, by spawning
+        // iptables-restore: ~15 ms to lock and ~45 ms to unlock a restore here) exists to keep
+        // packets away from TCP connections while they are in repair mode. Without
+        // --tcp-established there are none: a dump refuses established connections, and a
+        // listening socket only misses connections that arrive while the tree is frozen,
+        // which the lock would drop too.
+        network_lock: (!flags.tcp_established).then_some(rpc::CriuNetworkLockMethod::Skip as i32),
         ..Default::default()
     }
 }
