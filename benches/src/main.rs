@@ -4,14 +4,17 @@
 //! Every scenario runs warm-up rounds, then N rounds in which each system runs once, in an
 //! order rotated every round, so machine noise is spread over all systems alike. Results go to
 //! a results directory as JSON (machine, versions, date, every sample) and a markdown table.
-//! Scenarios: `lifecycle` (create/start/wait/delete of /bin/true) and `checkpoint` (checkpoint
-//! and restore-until-answer of a python workload, runc + CRIU against cryo).
+//! Scenarios: `lifecycle` (create/start/wait/delete of /bin/true), `checkpoint` (checkpoint
+//! and restore-until-answer of a python workload, runc + CRIU against cryo) and `shim`
+//! (containerd's runc shim against cryo's, through one private containerd).
 //! The whole-command scenarios need root; the criterion micro-benchmarks (`cargo bench`) don't.
 
 mod checkpoint;
+mod containerd;
 mod lifecycle;
 mod report;
 mod runtimes;
+mod shim;
 mod stats;
 mod workload;
 
@@ -83,6 +86,36 @@ enum Scenario {
         /// Working directory for the bundle, state, images and stores (on disk, not tmpfs).
         #[arg(long, default_value = "/var/tmp/cryo-bench/checkpoint")]
         work: PathBuf,
+    },
+    /// containerd's runc shim (io.containerd.runc.v2) against cryo's (io.containerd.cryo.v2)
+    /// through one private containerd: `ctr run --rm`, shim memory, restore of a checkpoint,
+    /// and a python model server's start until its first answer, cold and from a snapshot.
+    Shim {
+        /// Measured rounds (each runs every system once).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Unmeasured rounds first.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// The model server's resident memory in MiB (a multiple of 4).
+        #[arg(long = "size-mib", default_value_t = 1024)]
+        size_mib: u64,
+        /// Detached containers per shim whose shim memory is measured.
+        #[arg(long, default_value_t = 3)]
+        containers: usize,
+        /// Results directory.
+        #[arg(long, default_value = "results/shim")]
+        out: PathBuf,
+        /// Working directory for containerd's root, the image and the snapshot store (on
+        /// disk, not tmpfs).
+        #[arg(long, default_value = "/var/tmp/cryo-bench/shim")]
+        work: PathBuf,
+        /// The containerd binary.
+        #[arg(long, default_value = "/usr/bin/containerd")]
+        containerd: PathBuf,
+        /// Its ctr.
+        #[arg(long, default_value = "/usr/bin/ctr")]
+        ctr: PathBuf,
     },
 }
 
@@ -417,6 +450,25 @@ fn main() -> Result<()> {
             drop_caches,
             out: &out,
             work: &work,
+        }),
+        Scenario::Shim {
+            runs,
+            warmup,
+            size_mib,
+            containers,
+            out,
+            work,
+            containerd,
+            ctr,
+        } => shim::run(&shim::Opts {
+            runs,
+            warmup,
+            size_mib,
+            containers,
+            out,
+            work,
+            containerd,
+            ctr,
         }),
     }
 }

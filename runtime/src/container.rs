@@ -604,6 +604,11 @@ impl Runtime {
                 Err(e) => return Err(Error::io(&fifo, e)),
             }
             if !state::process_alive(st.pid, st.pid_start) {
+                // A short-lived process may have written its byte, exec'd and exited between
+                // the read above and this check: the byte is what counts.
+                if matches!(f.read(&mut buf), Ok(1)) {
+                    break;
+                }
                 return Err(Error::Init(format!(
                     "container {id}: init exited before start"
                 )));
