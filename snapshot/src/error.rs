@@ -158,6 +158,9 @@ pub enum Error {
         /// What went wrong, with the task, object or address.
         message: String,
     },
+    /// A GPU checkpoint step failed (the CUDA driver, or its absence).
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
     /// The store directory has a layout this build does not know.
     #[error("{}: store layout {found:?} is not supported (this build uses {supported:?})", path.display())]
     UnsupportedStore {

@@ -18,6 +18,7 @@
 
 pub mod criu;
 pub mod error;
+pub mod gpu;
 pub mod lazy;
 pub mod store;
 pub mod workload;

@@ -1,0 +1,157 @@
+//! "Device" memory of the CUDA process: pages of one shared file, `<state dir>/<pid>.dev`,
+//! each allocation a `MAP_SHARED` mapping of its own page-aligned range of the file. A device
+//! pointer is the mapping's address, so copies are plain `memcpy`s.
+//!
+//! Keeping device memory in a file rather than in anonymous memory is what lets a checkpoint,
+//! called from another process, act on it without ptrace: `cuCheckpointProcessCheckpoint`
+//! copies the file aside (the device memory "moved into the process's host memory") and
+//! scribbles over it (the GPU released), `cuCheckpointProcessRestore` writes it back. A
+//! process that reads its buffers after a checkpoint without a restore sees the scribble, so
+//! tests can tell a round trip that really went through restore.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use crate::result::{self, CUresult};
+
+/// The byte a checkpoint leaves in released device memory.
+pub const RELEASED_BYTE: u8 = 0xDB;
+
+#[derive(Debug, Clone, Copy)]
+struct Alloc {
+    len: usize,
+    map_len: usize,
+}
+
+/// The device memory of this process.
+#[derive(Debug)]
+pub struct DevMem {
+    file: File,
+    end: u64,
+    allocs: BTreeMap<u64, Alloc>,
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).unwrap_or(4096).max(4096)
+}
+
+impl DevMem {
+    /// Creates (truncates) the backing file.
+    pub fn create(path: &Path) -> Result<DevMem, CUresult> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|_| result::CUDA_ERROR_OPERATING_SYSTEM)?;
+        Ok(DevMem {
+            file,
+            end: 0,
+            allocs: BTreeMap::new(),
+        })
+    }
+
+    /// Allocates `size` bytes; the address is the device pointer.
+    pub fn alloc(&mut self, size: usize) -> Result<u64, CUresult> {
+        if size == 0 {
+            return Err(result::CUDA_ERROR_INVALID_VALUE);
+        }
+        let page = page_size();
+        let map_len = size
+            .checked_next_multiple_of(page)
+            .ok_or(result::CUDA_ERROR_OUT_OF_MEMORY)?;
+        let offset = self.end;
+        let end = offset
+            .checked_add(u64::try_from(map_len).map_err(|_| result::CUDA_ERROR_OUT_OF_MEMORY)?)
+            .ok_or(result::CUDA_ERROR_OUT_OF_MEMORY)?;
+        self.file
+            .set_len(end)
+            .map_err(|_| result::CUDA_ERROR_OUT_OF_MEMORY)?;
+        let off = libc::off_t::try_from(offset).map_err(|_| result::CUDA_ERROR_OUT_OF_MEMORY)?;
+        // SAFETY: a fresh shared mapping of a range of our own file that set_len just made
+        // exist; the kernel picks the address, so nothing existing is replaced.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.file.as_raw_fd(),
+                off,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(result::CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        self.end = end;
+        let dptr = addr as u64;
+        self.allocs.insert(dptr, Alloc { len: size, map_len });
+        Ok(dptr)
+    }
+
+    /// Frees an allocation made by [`DevMem::alloc`]. Its file range is not reused.
+    pub fn free(&mut self, dptr: u64) -> Result<(), CUresult> {
+        let a = self
+            .allocs
+            .remove(&dptr)
+            .ok_or(result::CUDA_ERROR_INVALID_VALUE)?;
+        // SAFETY: (dptr, map_len) is exactly a mapping made by `alloc` and not yet unmapped
+        // (it was still in `allocs`).
+        unsafe { libc::munmap(dptr as *mut libc::c_void, a.map_len) };
+        Ok(())
+    }
+
+    /// Whether `[dptr, dptr + len)` lies inside one live allocation.
+    pub fn contains(&self, dptr: u64, len: usize) -> bool {
+        let Some((&start, a)) = self.allocs.range(..=dptr).next_back() else {
+            return false;
+        };
+        let (Ok(len), Ok(alen)) = (u64::try_from(len), u64::try_from(a.len)) else {
+            return false;
+        };
+        dptr.checked_add(len)
+            .is_some_and(|end| end <= start.saturating_add(alen))
+    }
+
+    /// (live allocations, their mapped bytes).
+    pub fn stats(&self) -> (u64, u64) {
+        let bytes = self.allocs.values().map(|a| a.map_len as u64).sum();
+        (self.allocs.len() as u64, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocations_are_file_pages_and_bounds_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.dev");
+        let mut m = DevMem::create(&path).unwrap();
+        assert_eq!(m.alloc(0), Err(result::CUDA_ERROR_INVALID_VALUE));
+        let a = m.alloc(100).unwrap();
+        let b = m.alloc(5000).unwrap();
+        assert!(m.contains(a, 100));
+        assert!(!m.contains(a, 101));
+        assert!(m.contains(b + 4999, 1));
+        assert!(!m.contains(b + 5000, 1));
+        // SAFETY: `b` maps 5000 writable bytes.
+        unsafe { std::ptr::write_bytes(b as *mut u8, 0x5a, 5000) };
+        let page = page_size();
+        let file = std::fs::read(&path).unwrap();
+        assert_eq!(file.len(), page + 5000usize.next_multiple_of(page));
+        assert_eq!(file[page], 0x5a);
+        assert_eq!(file[page + 4999], 0x5a);
+        assert_eq!(m.stats().0, 2);
+        m.free(a).unwrap();
+        assert!(!m.contains(a, 1));
+        assert_eq!(m.free(a), Err(result::CUDA_ERROR_INVALID_VALUE));
+        m.free(b).unwrap();
+    }
+}
