@@ -527,6 +527,46 @@ fn mib(bytes: f64) -> String {
     format!("{:.1}", bytes / f64::from(1u32 << 20))
 }
 
+/// Chart panels: cold start, checkpoint, restore to the first answer, size.
+pub fn panels(outcomes: &[Outcome]) -> Vec<crate::plot::Panel> {
+    type Pick = fn(&Summaries) -> Summary;
+    let metrics: [(&str, &str, Pick); 5] = [
+        ("cold start → first answer", "ms", |s| s.ready.clone()),
+        ("checkpoint", "ms", |s| s.checkpoint.clone()),
+        ("checkpoint + syncfs", "ms", |s| s.checkpoint_sync.clone()),
+        ("restore → first answer", "ms", |s| s.restore.clone()),
+        ("size on disk", "MiB", |s| {
+            let mib = |b: f64| b / (1024.0 * 1024.0);
+            let b = &s.size_bytes;
+            Summary {
+                n: b.n,
+                median: mib(b.median),
+                p10: mib(b.p10),
+                p90: mib(b.p90),
+                min: mib(b.min),
+                max: mib(b.max),
+            }
+        }),
+    ];
+    metrics
+        .iter()
+        .map(|(title, unit, pick)| crate::plot::Panel {
+            title: (*title).to_string(),
+            unit: (*unit).to_string(),
+            bars: outcomes
+                .iter()
+                .filter_map(|o| {
+                    Some(crate::plot::Bar {
+                        label: o.system.name.clone(),
+                        summary: pick(o.summary.as_ref()?),
+                        highlight: o.system.name.starts_with("cryo"),
+                    })
+                })
+                .collect(),
+        })
+        .collect()
+}
+
 /// The markdown table: one row per system, ratios against `reference_name`.
 pub fn markdown(outcomes: &[Outcome], reference_name: &str) -> String {
     let mut s = String::new();

@@ -12,6 +12,7 @@
 mod checkpoint;
 mod containerd;
 mod lifecycle;
+mod plot;
 mod report;
 mod runtimes;
 mod shim;
@@ -263,6 +264,18 @@ fn lifecycle(
         rows,
     };
     report::write(out, "lifecycle", &rep, &md)?;
+    let panels = plot::panels(
+        rep.rows
+            .iter()
+            .map(|r| (r.metric.as_str(), "ms", r.system.as_str(), &r.summary)),
+        "cryo",
+    );
+    plot::write(
+        out,
+        "lifecycle",
+        "container lifecycle of /bin/true",
+        &panels,
+    );
     eprintln!("cryo-bench: results in {}", out.display());
     Ok(())
 }
@@ -412,6 +425,12 @@ fn checkpoint(o: &CheckpointOpts) -> Result<()> {
         systems: &outcomes,
     };
     report::write(o.out, "checkpoint", &rep, &md)?;
+    plot::write(
+        o.out,
+        "checkpoint",
+        &format!("checkpoint and restore, {} MiB model server", o.size_mib),
+        &checkpoint::panels(&outcomes),
+    );
     eprintln!("cryo-bench: results in {}", o.out.display());
     let failed: Vec<&str> = outcomes
         .iter()

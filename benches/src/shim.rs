@@ -789,6 +789,17 @@ pub fn run<'o>(o: &'o Opts) -> Result<()> {
         failed_rounds: &failed_rounds,
     };
     report::write(&o.out, "shim", &rep, &md)?;
+    let panels = crate::plot::panels(
+        rows.iter()
+            .map(|r| (r.metric, r.unit, r.system.as_str(), &r.summary)),
+        "cryo",
+    );
+    crate::plot::write(
+        &o.out,
+        "shim",
+        "containerd: runc shim and cryo shim",
+        &panels,
+    );
     eprintln!("cryo-bench: results in {}", o.out.display());
     // containerd goes (and with it the scratch directory's mounts) before the directory.
     drop(b);
