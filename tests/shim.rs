@@ -114,6 +114,21 @@ impl Shimmed {
         }
     }
 
+    /// `ctr events` into `file` (in the containerd's directory) until killed.
+    fn events(&self, file: &str) -> (std::process::Child, PathBuf) {
+        let path = self.c.dir.path().join(file);
+        let child = self
+            .ctr_cmd()
+            .arg("events")
+            .stdout(std::fs::File::create(&path).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // ctr subscribes asynchronously: give it a moment before the events it must see.
+        std::thread::sleep(Duration::from_millis(200));
+        (child, path)
+    }
+
     /// The serving shims of this containerd's namespace.
     fn shim_pids(&self) -> Vec<i32> {
         let mut out = Vec::new();
@@ -165,6 +180,8 @@ fn shim_flow(containerd: &Path, ctr: &Path, tag: &str) {
     let Some(mut s) = Shimmed::start(containerd, ctr, tag) else {
         return;
     };
+    // containerd's event stream, before and after its restart below.
+    let mut events = vec![s.events("events-1.txt")];
 
     let fg = s.id("fg");
     let o = s.run(
@@ -281,6 +298,7 @@ fn shim_flow(containerd: &Path, ctr: &Path, tag: &str) {
 
     // containerd restarts: the shim keeps its task and containerd finds it again.
     s.c.restart();
+    events.push(s.events("events-2.txt"));
     s.wait_task_status(&bg, "RUNNING");
     let o = s.c.ctr(&[
         "task",
@@ -332,6 +350,29 @@ fn shim_flow(containerd: &Path, ctr: &Path, tag: &str) {
         .output()
         .unwrap();
     assert!(!o.status.success(), "cryo still has {bg}");
+
+    // Every task event reached containerd, those after its restart included.
+    let mut seen = String::new();
+    for (mut child, path) in events {
+        let _ = child.kill();
+        let _ = child.wait();
+        seen.push_str(&std::fs::read_to_string(path).unwrap_or_default());
+    }
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/exit",
+        "/tasks/delete",
+    ] {
+        assert!(
+            seen.lines().any(|l| l.contains(topic) && l.contains(&bg)),
+            "no {topic} for {bg} in containerd's events:\n{seen}"
+        );
+    }
 }
 
 /// `ctr run -t`: the process gets a terminal, its output comes back through the shim.
@@ -563,14 +604,7 @@ fn shim_oom(containerd: &Path, ctr: &Path, tag: &str) {
     let Some(mut s) = Shimmed::start(containerd, ctr, tag) else {
         return;
     };
-    let events_out = s.c.dir.path().join("events.txt");
-    let mut events = s
-        .ctr_cmd()
-        .arg("events")
-        .stdout(std::fs::File::create(&events_out).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut events, events_out) = s.events("events.txt");
     let id = s.id("oom");
     let o = s.run(
         &["--rm", "--memory-limit", "16777216"],
