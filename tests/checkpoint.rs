@@ -102,10 +102,24 @@ fn checkpoint_stops_the_container_and_restore_brings_the_tree_back() {
     assert!(images.join("cryo.json").exists());
     assert!(images.join("inventory.img").exists());
     assert!(images.join("dump.log").exists());
+    // The container's own network namespace held nothing but lo: CRIU was told it is
+    // external (no device, address, route or iptables images), and the restore makes a fresh
+    // one with lo up.
+    let netdev = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("netdev-"));
+    assert!(!netdev, "the bare network namespace was dumped");
 
     let bundle = env.dir.path().join("c");
     let rid = env.id("r");
     let rpid = restore(&env, &images, &bundle, &rid);
+    let flags = env.ok(&["exec", &rid, "cat", "/sys/class/net/lo/flags"]);
+    assert_eq!(flags.trim(), "0x9", "lo after the restore");
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{rpid}/ns/net")).unwrap(),
+        std::fs::read_link("/proc/self/ns/net").unwrap()
+    );
     let after = wait_count_past(rpid, before);
     wait_count_past(rpid, after + 3);
     assert!(has_sleeper(rpid), "the sleep child is restored too");

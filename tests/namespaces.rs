@@ -56,13 +56,17 @@ fn ipc_and_network_namespaces_are_private() {
     let out = env.sh(
         "ipcnet",
         "readlink /proc/self/ns/ipc; readlink /proc/self/ns/net; \
+         cat /sys/class/net/lo/flags; \
          tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
     );
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("ipc:["), "{out}");
     assert_ne!(lines[0], host_ns("ipc"));
     assert_ne!(lines[1], host_ns("net"));
-    assert_eq!(&lines[2..], ["lo"], "interfaces besides lo: {out}");
+    // lo is up (IFF_UP, 0x1), as runc leaves it.
+    let flags = u32::from_str_radix(lines[2].trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(flags & 1, 1, "lo is down: {out}");
+    assert_eq!(&lines[3..], ["lo"], "interfaces besides lo: {out}");
 }
 
 #[test]

@@ -174,6 +174,10 @@ fn stage1(chan: &mut Channel, cfg: &InitConfig) -> Result<Never> {
         sys.unshare(flags)
             .sys_ctx(|| format!("unshare({flags:?})"))?;
     }
+    if flags.contains(clone_flag(LinuxNamespaceType::Network)) {
+        // As runc does: a new network namespace gets its loopback interface up.
+        crate::net::loopback_up()?;
+    }
     // Stage 2 must not talk on the channel before stage 1 has sent its pid (the runtime
     // needs it for everything that follows): it waits for EOF on this pipe, which comes when
     // stage 1 exits.

@@ -20,6 +20,7 @@ pub mod error;
 pub mod hooks;
 pub mod init;
 pub mod namespaces;
+pub mod net;
 pub mod process;
 pub mod rootfs;
 pub mod spec;

@@ -234,7 +234,7 @@ impl Runtime {
                 val: dest,
             });
         }
-        o.external.extend(external_namespaces(&st.config)?);
+        o.external.extend(external_namespaces(&st.config, st.pid)?);
         o.external
             .extend(meta.descriptors.iter().filter_map(|d| d.external.clone()));
         criu.dump(o, notify).map_err(criu_err)?;

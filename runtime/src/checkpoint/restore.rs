@@ -504,7 +504,7 @@ impl Runtime {
             Vec::new()
         };
         fds.extend((0..3).zip(stdio));
-        let (netns, ns_fds) = restore_namespaces(spec)?;
+        let (netns, ns_fds) = restore_namespaces(spec, images)?;
         o.join_ns.extend(netns);
         for (key, file) in &ns_fds {
             o.inherit_fd.push(rpc::InheritFd {
