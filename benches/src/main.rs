@@ -5,9 +5,11 @@
 //! order rotated every round, so machine noise is spread over all systems alike. Results go to
 //! a results directory as JSON (machine, versions, date, every sample) and a markdown table.
 //! Scenarios: `lifecycle` (create/start/wait/delete of /bin/true), `checkpoint` (checkpoint
-//! and restore-until-answer of a python workload, runc + CRIU against cryo) and `shim`
-//! (containerd's runc shim against cryo's, through one private containerd).
-//! The whole-command scenarios need root; the criterion micro-benchmarks (`cargo bench`) don't.
+//! and restore-until-answer of a python workload, runc + CRIU against cryo), `shim`
+//! (containerd's runc shim against cryo's, through one private containerd) and `store` (cryo's
+//! snapshot store against the zstd and lz4 CLIs on one memory-like image).
+//! The container scenarios need root; `store` and the criterion micro-benchmarks
+//! (`cargo bench`) don't.
 
 mod checkpoint;
 mod containerd;
@@ -17,6 +19,7 @@ mod report;
 mod runtimes;
 mod shim;
 mod stats;
+mod store;
 mod workload;
 
 use std::io::IsTerminal;
@@ -117,6 +120,36 @@ enum Scenario {
         /// Its ctr.
         #[arg(long, default_value = "/usr/bin/ctr")]
         ctr: PathBuf,
+    },
+    /// cryo's snapshot store against the `zstd -1 -T0` and `lz4 -1` CLIs on one raw
+    /// memory-like image: write, output size, full read, random page fetch latency and a second
+    /// snapshot of unchanged memory. Needs no root.
+    Store {
+        /// The image's size in MiB (½ random, ¼ zero, ¼ text pages).
+        #[arg(long = "size-mib", default_value_t = 1024)]
+        size_mib: u64,
+        /// Measured rounds (each runs every system once).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Unmeasured rounds first.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Directory for the image, the CLIs' outputs and the store (a scratch directory is
+        /// made in it and removed); tmpfs, so that the codecs are measured, not the disk.
+        #[arg(long, default_value = "/dev/shm/cryo-bench")]
+        dir: PathBuf,
+        /// Results directory.
+        #[arg(long, default_value = "results/store")]
+        out: PathBuf,
+        /// The store's codec: zstdN (1–22), lz4 or none.
+        #[arg(long, default_value = "zstd3", value_parser = store::codec_arg)]
+        codec: String,
+        /// The store's chunk size in KiB (a multiple of 4, at most 4096).
+        #[arg(long = "chunk-kib", default_value_t = 64)]
+        chunk_kib: usize,
+        /// The batches the store receives the image in, in MiB (as from a page server).
+        #[arg(long = "batch-mib", default_value_t = 4)]
+        batch_mib: usize,
     },
 }
 
@@ -488,6 +521,25 @@ fn main() -> Result<()> {
             work,
             containerd,
             ctr,
+        }),
+        Scenario::Store {
+            size_mib,
+            runs,
+            warmup,
+            dir,
+            out,
+            codec,
+            chunk_kib,
+            batch_mib,
+        } => store::run(&store::Opts {
+            size_mib,
+            runs,
+            warmup,
+            dir,
+            out,
+            codec,
+            chunk_kib,
+            batch_mib,
         }),
     }
 }

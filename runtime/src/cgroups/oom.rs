@@ -16,6 +16,31 @@ use super::{CgroupState, Mode, UNIFIED};
 pub struct OomWatcher {
     dir: PathBuf,
     kind: Kind,
+    /// OOM kills read but not yet reported (v1).
+    pending: u64,
+    /// The cgroup is gone (v1).
+    gone: bool,
+}
+
+/// Reads an eventfd's count (blocking).
+fn read_count(event: &mut File) -> std::io::Result<u64> {
+    let mut buf = [0u8; 8];
+    event.read_exact(&mut buf)?;
+    Ok(u64::from_ne_bytes(buf))
+}
+
+/// An eventfd's count if it is signalled within `timeout`, else 0.
+fn wait_count(event: &mut File, timeout: std::time::Duration) -> std::io::Result<u64> {
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut pfd = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&*event),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(ms)) {
+        Ok(0) => Ok(0),
+        Ok(_) => read_count(event),
+        Err(e) => Err(e.into()),
+    }
 }
 
 enum Kind {
@@ -77,6 +102,8 @@ impl OomWatcher {
                         event,
                         _control: control,
                     },
+                    pending: 0,
+                    gone: false,
                 }))
             }
             Mode::V2 => {
@@ -96,6 +123,8 @@ impl OomWatcher {
                 Ok(Some(OomWatcher {
                     dir: dir.clone(),
                     kind: Kind::V2 { inotify, last },
+                    pending: 0,
+                    gone: false,
                 }))
             }
         }
@@ -106,12 +135,25 @@ impl OomWatcher {
         loop {
             match &mut self.kind {
                 Kind::V1 { event, .. } => {
-                    let mut buf = [0u8; 8];
-                    event
-                        .read_exact(&mut buf)
+                    if self.pending > 0 {
+                        self.pending -= 1;
+                        return Ok(true);
+                    }
+                    if self.gone {
+                        return Ok(false);
+                    }
+                    // The eventfd counts OOM notifications, plus one when the cgroup is
+                    // removed; a watcher scheduled late reads both at once.
+                    let n = read_count(event).map_err(|e| read_err(&self.dir, e))?;
+                    if self.dir.exists() {
+                        self.pending += n;
+                        continue;
+                    }
+                    self.gone = true;
+                    // Removed: the count holds the removal unless it is still on its way.
+                    let late = wait_count(event, std::time::Duration::from_millis(100))
                         .map_err(|e| read_err(&self.dir, e))?;
-                    // The kernel also signals when the cgroup is removed.
-                    return Ok(self.dir.exists());
+                    self.pending += (n + late).saturating_sub(1);
                 }
                 Kind::V2 { inotify, last } => {
                     let events = self.dir.join("memory.events");
@@ -129,5 +171,49 @@ impl OomWatcher {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// An OOM kill and the cgroup's removal both happen before the watcher reads: it reports
+    /// the kill, then the end (a watcher scheduled late must not lose the kill).
+    #[test]
+    fn a_late_watcher_still_sees_the_kill_before_the_removal() {
+        let root = Path::new("/sys/fs/cgroup/memory");
+        if !nix::unistd::geteuid().is_root() || !root.join("memory.oom_control").exists() {
+            println!("skipped: needs root and a v1 memory hierarchy");
+            return;
+        }
+        let dir = root.join(format!("cryo-oom-test-{}", std::process::id()));
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("memory.limit_in_bytes"), "16777216").unwrap();
+        let state = CgroupState {
+            mode: Mode::V1,
+            mounts: BTreeMap::from([("memory".to_string(), root.to_path_buf())]),
+            paths: BTreeMap::from([("memory".to_string(), dir.clone())]),
+        };
+        let mut w = OomWatcher::new(&state).unwrap().unwrap();
+        let script = format!(
+            "echo $$ > {}/cgroup.procs; exec dd if=/dev/zero of=/dev/null bs=64M count=1",
+            dir.display()
+        );
+        let st = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(st.code(), None, "dd was not killed: {st}");
+        for _ in 0..100 {
+            if fs::remove_dir(&dir).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(w.wait().unwrap(), "the OOM kill was lost");
+        assert!(!w.wait().unwrap(), "the removal was not seen");
     }
 }
