@@ -1212,9 +1212,14 @@ fn init_logging(debug: bool) {
         .open("log")
         .or_else(|_| File::open("/dev/null"));
     let Ok(file) = file else { return };
-    let level = if debug { "debug" } else { "info" };
+    // A plain level, not an EnvFilter: its regex engine would stay resident in every shim.
+    let level = if debug {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_max_level(level)
         .with_ansi(false)
         .with_writer(Mutex::new(file))
         .try_init();
@@ -1233,6 +1238,10 @@ pub fn serve(args: &Args) -> Result<()> {
             .context("fd 3: the shim is started by `start` with its socket as fd 3");
     }
     init_logging(args.debug);
+    // Each thread would get a malloc arena of its own; the shim allocates little, and what
+    // it keeps resident counts per container.
+    // SAFETY: mallopt with integer arguments, before other threads exist.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let (tx, rx) = mpsc::channel();
     let ops = Ops::default();
     let service = Arc::new(Service {
@@ -1249,6 +1258,7 @@ pub fn serve(args: &Args) -> Result<()> {
         .add_listener(3)
         .context("serving fd 3")?
         .register_service(task_methods(service))
+        .set_thread_count_default(2)
         .set_thread_count_max(256);
     server.start().context("starting the ttrpc server")?;
     tracing::info!(id = %args.id, namespace = %args.namespace, "serving");
