@@ -102,6 +102,10 @@ pub enum Command {
         /// A spec for a rootless container.
         #[arg(long)]
         rootless: bool,
+        /// NVIDIA GPUs for the container: "all", or the first N. Adds the device nodes and
+        /// binds the host's driver libraries and utilities read-only.
+        #[arg(long)]
+        gpus: Option<crate::gpus::Gpus>,
     },
     /// Print what this runtime supports (JSON).
     Features,
@@ -171,6 +175,8 @@ pub enum Command {
         pre_dump: bool,
         #[command(flatten)]
         criu: CriuArgs,
+        #[command(flatten)]
+        gpu: GpuArgs,
     },
     /// Restore a container from a checkpoint (runc's flags).
     Restore {
@@ -202,6 +208,8 @@ pub enum Command {
         lazy_pages: bool,
         #[command(flatten)]
         criu: CriuArgs,
+        #[command(flatten)]
+        gpu: GpuArgs,
     },
     /// Internal: the container's init.
     #[command(hide = true)]
@@ -330,7 +338,35 @@ impl CriuArgs {
             cgroups_mode: self.manage_cgroups_mode.parse()?,
             empty_ns,
             criu: criu.map(absolute),
+            gpu: Default::default(),
         })
+    }
+}
+
+/// How checkpoint and restore drive the CUDA driver for the container's CUDA processes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GpuArgs {
+    /// The CUDA driver library (default: $CRYO_LIBCUDA, else libcuda.so.1 through the
+    /// loader's search path). Loaded only when a process of the container maps libcuda.
+    #[arg(long)]
+    libcuda: Option<PathBuf>,
+    /// Checkpoint: how long to wait for a CUDA process's GPU work in flight before it can be
+    /// locked, in ms (default: $CRYO_CUDA_LOCK_TIMEOUT_MS, else 10000).
+    #[arg(long = "cuda-lock-timeout", value_name = "MS")]
+    cuda_lock_timeout: Option<u64>,
+}
+
+impl GpuArgs {
+    /// The GPU options: the flags over the environment's.
+    fn options(&self) -> cryo_runtime::GpuOptions {
+        let mut o = cryo_runtime::GpuOptions::from_env();
+        if let Some(p) = &self.libcuda {
+            o.libcuda = Some(absolute(p));
+        }
+        if let Some(ms) = self.cuda_lock_timeout {
+            o.lock_timeout = std::time::Duration::from_millis(ms);
+        }
+        o
     }
 }
 
@@ -418,6 +454,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
             lazy_pages,
             pre_dump,
             criu,
+            gpu,
         } => {
             if *lazy_pages || *pre_dump {
                 bail!(
@@ -425,6 +462,8 @@ pub fn run(cli: &Cli) -> Result<u8> {
                      (pre-dumps need soft-dirty page tracking)"
                 );
             }
+            let mut flags = criu.flags(cli.criu.as_deref())?;
+            flags.gpu = gpu.options();
             let report = rt.checkpoint(
                 id,
                 &cryo_runtime::CheckpointOptions {
@@ -433,7 +472,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
                     leave_running: *leave_running,
                     snapshot: images.snapshot.clone(),
                     store: images.store.as_ref().map(|p| absolute(p)),
-                    flags: criu.flags(cli.criu.as_deref())?,
+                    flags,
                 },
             )?;
             if let Some(sid) = report.snapshot {
@@ -451,7 +490,10 @@ pub fn run(cli: &Cli) -> Result<u8> {
             no_subreaper: _,
             lazy_pages,
             criu,
+            gpu,
         } => {
+            let mut flags = criu.flags(cli.criu.as_deref())?;
+            flags.gpu = gpu.options();
             let opts = cryo_runtime::RestoreOptions {
                 image_path: images.image_path(),
                 work_path: images.work_path.as_ref().map(|p| absolute(p)),
@@ -462,7 +504,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
                 bundle: bundle.clone().unwrap_or_default(),
                 pid_file: pid_file.as_ref().map(|p| absolute(p)),
                 console_socket: console_socket.clone(),
-                flags: criu.flags(cli.criu.as_deref())?,
+                flags,
                 stdio: Default::default(),
             };
             return run::restore(&rt, id, &opts, *detach);
@@ -475,7 +517,11 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Command::Pause { id } => rt.set_paused(id, true)?,
         Command::Resume { id } => rt.set_paused(id, false)?,
         Command::List { format, quiet } => list(&rt, format, *quiet)?,
-        Command::Spec { bundle, rootless } => spec(bundle, *rootless)?,
+        Command::Spec {
+            bundle,
+            rootless,
+            gpus,
+        } => spec(bundle, *rootless, *gpus)?,
         Command::Features => print_json(&features())?,
         Command::Snapshot { store, command } => {
             let store = store
@@ -659,7 +705,7 @@ fn list(rt: &Runtime, format: &str, quiet: bool) -> Result<()> {
     }
 }
 
-fn spec(bundle: &Path, rootless: bool) -> Result<()> {
+fn spec(bundle: &Path, rootless: bool, gpus: Option<crate::gpus::Gpus>) -> Result<()> {
     let path = bundle.join("config.json");
     if path.exists() {
         bail!("File {} exists. Remove it first", path.display());
@@ -670,6 +716,11 @@ fn spec(bundle: &Path, rootless: bool) -> Result<()> {
             nix::unistd::getuid().as_raw(),
             nix::unistd::getgid().as_raw(),
         )));
+    }
+    let mut spec = serde_json::to_value(&spec)?;
+    if let Some(g) = gpus {
+        let a = crate::gpus::additions(&crate::gpus::Host::system(), g)?;
+        crate::gpus::apply(&mut spec, &a);
     }
     let bytes = serde_json::to_vec_pretty(&spec)?;
     std::fs::write(&path, bytes).with_context(|| path.display().to_string())?;

@@ -2,6 +2,7 @@
 //! formatting here, everything else in cryo-runtime.
 
 mod commands;
+mod gpus;
 mod lazy_cli;
 mod logging;
 mod snapshot_cli;

@@ -4,7 +4,7 @@
 //!
 //! Work runs synchronously on the calling thread, so streams and events are bare handles and
 //! every "async" call has finished when it returns. The first `cuDevicePrimaryCtxRetain`
-//! registers the process with the checkpoint state machine ([`crate::state`]); from then on
+//! registers the process with the checkpoint state machine ([`crate::worker`]); from then on
 //! every call first waits while the process is LOCKED or CHECKPOINTED, as the real driver
 //! blocks a locked process's CUDA calls until it is unlocked.
 //!
@@ -19,13 +19,15 @@
 use std::alloc::Layout;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void};
+use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::calllog;
 use crate::devmem::DevMem;
 use crate::result::{self as r, CUresult};
-use crate::state::{self, Faults, Inflight, ProcState, StateDir};
+use crate::state::{self, StateDir};
+use crate::worker;
 
 /// Opaque handle types (pointers in cuda.h).
 pub type CUcontext = *mut c_void;
@@ -53,6 +55,8 @@ static NEXT_HANDLE: AtomicUsize = AtomicUsize::new(1);
 /// Its address is the primary context's handle.
 static PRIMARY_CTX: u8 = 0;
 static DEVICE: Mutex<Option<DevMem>> = Mutex::new(None);
+/// This process's state memfd, once registered.
+static STATE: Mutex<Option<Arc<File>>> = Mutex::new(None);
 pub(crate) static PINNED: Mutex<Option<HashMap<usize, Layout>>> = Mutex::new(None);
 
 /// Whether this process called `cuInit` (the real driver requires it of a Restore caller).
@@ -126,15 +130,18 @@ fn check_device(dev: CUdevice) -> Result<(), CUresult> {
 }
 
 /// Waits while this process is LOCKED or CHECKPOINTED, as a locked process's CUDA calls block
-/// in the real driver; FAILED fails every call.
+/// in the real driver; FAILED fails every call. Reads the state without a lock (see
+/// [`crate::state`]).
 pub(crate) fn gate() -> Result<(), CUresult> {
     let pid = crate::getpid();
     if REGISTERED_PID.load(Ordering::SeqCst) != pid {
         return Ok(());
     }
-    let dir = StateDir::from_env();
+    let Some(file) = lock(&STATE).clone() else {
+        return Ok(());
+    };
     loop {
-        match state::read(&dir, pid).map(|s| s.state) {
+        match state::read_file(&file).map(|s| s.state) {
             None | Some(state::RUNNING) => return Ok(()),
             Some(state::FAILED) => return Err(r::CUDA_ERROR_ILLEGAL_STATE),
             Some(_) => crate::sleep_ms(1),
@@ -142,8 +149,8 @@ pub(crate) fn gate() -> Result<(), CUresult> {
     }
 }
 
-/// Registers this process with the checkpoint state machine: its state file (RUNNING), its
-/// device memory file and a restore thread that only parks.
+/// Registers this process with the checkpoint state machine ([`crate::worker::register`]):
+/// its state, its device memory and its restore thread.
 fn register(device: &mut Option<DevMem>) -> Result<(), CUresult> {
     let pid = crate::getpid();
     if REGISTERED_PID.load(Ordering::SeqCst) == pid && device.is_some() {
@@ -151,36 +158,9 @@ fn register(device: &mut Option<DevMem>) -> Result<(), CUresult> {
     }
     let start = crate::now_ns();
     let dir = StateDir::from_env();
-    std::fs::create_dir_all(&dir.0).map_err(|_| r::CUDA_ERROR_OPERATING_SYSTEM)?;
-    *device = Some(DevMem::create(&dir.device_path(pid))?);
-    let _ = std::fs::remove_file(dir.host_path(pid));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("cuda-restore".into())
-        .spawn(move || {
-            let _ = tx.send(crate::gettid());
-            loop {
-                std::thread::park();
-            }
-        })
-        .map_err(|_| r::CUDA_ERROR_OPERATING_SYSTEM)?;
-    let restore_tid = rx.recv().map_err(|_| r::CUDA_ERROR_OPERATING_SYSTEM)?;
-    let inflight = std::env::var("FAKECUDA_INFLIGHT_MS")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let st = ProcState {
-        state: state::RUNNING,
-        starttime: state::starttime(pid).ok_or(r::CUDA_ERROR_OPERATING_SYSTEM)?,
-        restore_tid,
-        inflight: Inflight::Ms(inflight),
-        faults: Faults(std::env::var("FAKECUDA_FAULTS").unwrap_or_default()),
-        allocations: 0,
-        device_bytes: 0,
-        checkpoints: 0,
-        restores: 0,
-    };
-    state::create(&dir, pid, &st)?;
+    let reg = worker::register(&dir)?;
+    *device = Some(DevMem::new(reg.device));
+    *lock(&STATE) = Some(reg.state);
     REGISTERED_PID.store(pid, Ordering::SeqCst);
     calllog::append(
         &dir,
@@ -193,13 +173,15 @@ fn register(device: &mut Option<DevMem>) -> Result<(), CUresult> {
     Ok(())
 }
 
-/// Records the device memory in use in this process's state file.
+/// Records the device memory in use in this process's state.
 pub(crate) fn publish_stats(device: &DevMem) {
     let (allocations, bytes) = device.stats();
-    let _ = state::update(&StateDir::from_env(), crate::getpid(), |st| {
-        st.allocations = allocations;
-        st.device_bytes = bytes;
-    });
+    if let Some(file) = lock(&STATE).clone() {
+        let _ = worker::update(&file, |st| {
+            st.allocations = allocations;
+            st.device_bytes = bytes;
+        });
+    }
 }
 
 pub(crate) fn with_device<T>(

@@ -1,5 +1,5 @@
 //! The driver's checkpoint API (r570+, CUDA 12.8+): six calls that one process makes on
-//! another, as a per-pid state machine kept in [`crate::state`] files:
+//! another, as a state machine kept in the target process ([`crate::state`]):
 //!
 //! ```text
 //! RUNNING --Lock--> LOCKED --Checkpoint--> CHECKPOINTED --Restore--> LOCKED --Unlock--> RUNNING
@@ -9,13 +9,18 @@
 //!   of its arguments (0: no timeout); past it the process stays RUNNING and the call returns
 //!   `CUDA_ERROR_NOT_READY`. Work that never finishes (`FAKECUDA_FAULTS=lock=timeout`) with
 //!   no timeout hangs for `FAKECUDA_HANG_LIMIT_MS` (30 s), then returns `CUDA_ERROR_TIMEOUT`.
-//! - Checkpoint copies the process's device memory aside (`<pid>.host`) and scribbles over
-//!   it ([`crate::devmem`]); Restore puts it back, and requires that the caller called
-//!   `cuInit`. GPU pairs in the restore arguments are read only when the driver version is
-//!   13000 or more (before that the fields are reserved), and must name known devices.
+//! - Checkpoint and Restore are carried out by the process's restore thread ([`crate::worker`]):
+//!   Checkpoint moves the device memory into the process's host memory and scribbles over the
+//!   device memory; Restore puts it back, and requires that the caller called `cuInit`. The
+//!   caller asks and waits (`FAKECUDA_RESTORE_THREAD_TIMEOUT_MS`, 10 s, then
+//!   `CUDA_ERROR_TIMEOUT` with no change: the restore thread did not run). GPU pairs in the
+//!   restore arguments are read only when the driver version is 13000 or more (before that the
+//!   fields are reserved), and must name known devices.
 //! - A call in the wrong state returns `CUDA_ERROR_ILLEGAL_STATE`; a pid the driver does not
 //!   know (no CUDA context, or gone) `CUDA_ERROR_INVALID_VALUE`; a fault injected with the
 //!   process's `FAKECUDA_FAULTS` its result, with no state change.
+//! - GetRestoreThreadId names the thread as the caller sees it (its pid namespace may differ
+//!   from the process's).
 //!
 //! Every call appends a line to the call log ([`crate::calllog`]).
 
@@ -26,12 +31,13 @@
 use std::ffi::c_int;
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::{Duration, Instant};
 
 use crate::api;
 use crate::calllog;
-use crate::devmem::RELEASED_BYTE;
 use crate::result::{self as r, CUresult};
-use crate::state::{self, Inflight, Locked, StateDir};
+use crate::state::{self, Inflight, Locked, Request, StateDir};
 
 /// `CUcheckpointLockArgs`.
 #[repr(C)]
@@ -65,18 +71,17 @@ const _: () = assert!(std::mem::size_of::<RestoreArgs>() == 64);
 const _: () = assert!(std::mem::size_of::<GpuPair>() == 32);
 
 /// Runs one call and logs it.
-fn logged(name: &str, pid: c_int, f: impl FnOnce(&StateDir, &mut String) -> CUresult) -> CUresult {
+fn logged(name: &str, pid: c_int, f: impl FnOnce(&mut String) -> CUresult) -> CUresult {
     let start = crate::now_ns();
-    let dir = StateDir::from_env();
     let mut detail = String::new();
-    let code = f(&dir, &mut detail);
-    calllog::append(&dir, name, pid, code, start, &detail);
+    let code = f(&mut detail);
+    calllog::append(&StateDir::from_env(), name, pid, code, start, &detail);
     code
 }
 
 /// Opens the pid's state for a transition from `from`, honouring an injected fault for `call`.
-fn open_for(dir: &StateDir, pid: c_int, call: &str, from: u32) -> Result<Locked, CUresult> {
-    let locked = Locked::open(dir, pid)?;
+fn open_for(pid: c_int, call: &str, from: u32) -> Result<Locked, CUresult> {
+    let locked = Locked::open(pid)?;
     if let Some(code) = locked.st.faults.result_for(call) {
         return Err(code);
     }
@@ -88,17 +93,21 @@ fn open_for(dir: &StateDir, pid: c_int, call: &str, from: u32) -> Result<Locked,
 
 /// `FAKECUDA_HANG_LIMIT_MS`, default 30 s: how long "forever" lasts.
 fn hang_limit_ms() -> u64 {
-    std::env::var("FAKECUDA_HANG_LIMIT_MS")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(30_000)
+    env_ms("FAKECUDA_HANG_LIMIT_MS", 30_000)
 }
 
-fn lock(dir: &StateDir, pid: c_int, timeout_ms: u32) -> Result<(), CUresult> {
-    // Take the in-flight figure, then wait without holding the file: the process's own calls
-    // read its state meanwhile.
+fn env_ms(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+fn lock(pid: c_int, timeout_ms: u32) -> Result<(), CUresult> {
+    // Take the in-flight figure, then wait without holding the state: the process's own calls
+    // read it meanwhile.
     let inflight = {
-        let locked = open_for(dir, pid, "lock", state::RUNNING)?;
+        let locked = open_for(pid, "lock", state::RUNNING)?;
         if locked.st.faults.lock_times_out() {
             Inflight::Never
         } else {
@@ -120,30 +129,60 @@ fn lock(dir: &StateDir, pid: c_int, timeout_ms: u32) -> Result<(), CUresult> {
             return Err(r::CUDA_ERROR_NOT_READY);
         }
     }
-    let mut locked = open_for(dir, pid, "lock", state::RUNNING)?;
+    let mut locked = open_for(pid, "lock", state::RUNNING)?;
     locked.st.state = state::LOCKED;
     locked.save()
 }
 
-fn checkpoint(dir: &StateDir, pid: c_int) -> Result<(), CUresult> {
-    let mut locked = open_for(dir, pid, "checkpoint", state::LOCKED)?;
-    let os = |_: std::io::Error| r::CUDA_ERROR_OPERATING_SYSTEM;
-    let dev = dir.device_path(pid);
-    std::fs::copy(&dev, dir.host_path(pid)).map_err(os)?;
-    // Release the "GPU": what the process reads there now is garbage until a restore.
-    let len = std::fs::metadata(&dev).map_err(os)?.len();
-    let mut f = OpenOptions::new().write(true).open(&dev).map_err(os)?;
-    let chunk = vec![RELEASED_BYTE; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        let n = usize::try_from(left.min(chunk.len() as u64))
-            .map_err(|_| r::CUDA_ERROR_OPERATING_SYSTEM)?;
-        f.write_all(&chunk[..n]).map_err(os)?;
-        left -= n as u64;
+/// Asks the process's restore thread to carry out `request` (from state `from`), and waits
+/// for it to be done.
+fn by_restore_thread(pid: c_int, call: &str, from: u32, request: Request) -> Result<(), CUresult> {
+    let (seq, wake_fd) = {
+        let mut locked = open_for(pid, call, from)?;
+        locked.st.request = request;
+        locked.st.request_seq = locked.st.done_seq + 1;
+        locked.save()?;
+        (locked.st.request_seq, locked.st.wake_fd)
+    };
+    // A missed wake-up costs at most the thread's own 100 ms look.
+    if let Ok(mut w) = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/{pid}/fd/{wake_fd}"))
+    {
+        let _ = w.write(&[1]);
     }
-    locked.st.state = state::CHECKPOINTED;
-    locked.st.checkpoints += 1;
-    locked.save()
+    let deadline = Instant::now()
+        + Duration::from_millis(env_ms("FAKECUDA_RESTORE_THREAD_TIMEOUT_MS", 10_000));
+    let mut pause = Duration::from_micros(50);
+    loop {
+        let st = state::read(pid)?;
+        if st.done_seq == seq {
+            return match st.done_result {
+                r::CUDA_SUCCESS => Ok(()),
+                code => Err(code),
+            };
+        }
+        if Instant::now() >= deadline {
+            // Take the request back, unless the thread is at it (it holds the lock meanwhile,
+            // so once this lock is ours it is done or never started).
+            let mut locked = Locked::open(pid)?;
+            if locked.st.done_seq == seq {
+                continue;
+            }
+            locked.st.request = Request::None;
+            locked.st.done_seq = seq;
+            locked.st.done_result = r::CUDA_ERROR_TIMEOUT;
+            locked.save()?;
+            return Err(r::CUDA_ERROR_TIMEOUT);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(1));
+    }
+}
+
+fn checkpoint(pid: c_int) -> Result<(), CUresult> {
+    by_restore_thread(pid, "checkpoint", state::LOCKED, Request::Checkpoint)
 }
 
 /// Validates the GPU pairs of a restore; returns how many there were.
@@ -177,25 +216,12 @@ unsafe fn gpu_pairs(args: *const RestoreArgs) -> Result<u32, CUresult> {
     }
 }
 
-fn restore(dir: &StateDir, pid: c_int) -> Result<(), CUresult> {
-    let mut locked = open_for(dir, pid, "restore", state::CHECKPOINTED)?;
-    let os = |_| r::CUDA_ERROR_OPERATING_SYSTEM;
-    let host = dir.host_path(pid);
-    let mut src = std::fs::File::open(&host).map_err(os)?;
-    // Write in place: the process maps this file, replacing it would detach its mappings.
-    let mut dst = OpenOptions::new()
-        .write(true)
-        .open(dir.device_path(pid))
-        .map_err(os)?;
-    std::io::copy(&mut src, &mut dst).map_err(os)?;
-    std::fs::remove_file(&host).map_err(os)?;
-    locked.st.state = state::LOCKED;
-    locked.st.restores += 1;
-    locked.save()
+fn restore(pid: c_int) -> Result<(), CUresult> {
+    by_restore_thread(pid, "restore", state::CHECKPOINTED, Request::Restore)
 }
 
-fn unlock(dir: &StateDir, pid: c_int) -> Result<(), CUresult> {
-    let mut locked = open_for(dir, pid, "unlock", state::LOCKED)?;
+fn unlock(pid: c_int) -> Result<(), CUresult> {
+    let mut locked = open_for(pid, "unlock", state::LOCKED)?;
     locked.st.state = state::RUNNING;
     locked.save()
 }
@@ -206,7 +232,7 @@ fn result_of(res: Result<(), CUresult>) -> CUresult {
 
 #[no_mangle]
 pub unsafe extern "C" fn cuCheckpointProcessLock(pid: c_int, args: *const LockArgs) -> CUresult {
-    logged("cuCheckpointProcessLock", pid, |dir, detail| {
+    logged("cuCheckpointProcessLock", pid, |detail| {
         let timeout_ms = if args.is_null() {
             0
         } else {
@@ -214,14 +240,14 @@ pub unsafe extern "C" fn cuCheckpointProcessLock(pid: c_int, args: *const LockAr
             unsafe { (*args).timeout_ms }
         };
         *detail = format!("timeout_ms={timeout_ms}");
-        result_of(lock(dir, pid, timeout_ms))
+        result_of(lock(pid, timeout_ms))
     })
 }
 
 #[no_mangle]
 pub extern "C" fn cuCheckpointProcessCheckpoint(pid: c_int, _args: *const [u64; 8]) -> CUresult {
-    logged("cuCheckpointProcessCheckpoint", pid, |dir, _| {
-        result_of(checkpoint(dir, pid))
+    logged("cuCheckpointProcessCheckpoint", pid, |_| {
+        result_of(checkpoint(pid))
     })
 }
 
@@ -230,7 +256,7 @@ pub unsafe extern "C" fn cuCheckpointProcessRestore(
     pid: c_int,
     args: *const RestoreArgs,
 ) -> CUresult {
-    logged("cuCheckpointProcessRestore", pid, |dir, detail| {
+    logged("cuCheckpointProcessRestore", pid, |detail| {
         if !api::initialized() {
             return r::CUDA_ERROR_NOT_INITIALIZED;
         }
@@ -243,31 +269,29 @@ pub unsafe extern "C" fn cuCheckpointProcessRestore(
             }
         };
         *detail = format!("gpu_pairs={pairs}");
-        result_of(restore(dir, pid))
+        result_of(restore(pid))
     })
 }
 
 #[no_mangle]
 pub extern "C" fn cuCheckpointProcessUnlock(pid: c_int, _args: *const [u64; 8]) -> CUresult {
-    logged("cuCheckpointProcessUnlock", pid, |dir, _| {
-        result_of(unlock(dir, pid))
-    })
+    logged("cuCheckpointProcessUnlock", pid, |_| result_of(unlock(pid)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuCheckpointProcessGetState(pid: c_int, out: *mut u32) -> CUresult {
-    logged("cuCheckpointProcessGetState", pid, |dir, detail| {
+    logged("cuCheckpointProcessGetState", pid, |detail| {
         if out.is_null() {
             return r::CUDA_ERROR_INVALID_VALUE;
         }
-        match Locked::open(dir, pid) {
-            Ok(l) => {
-                if let Some(code) = l.st.faults.result_for("state") {
+        match state::read(pid) {
+            Ok(st) => {
+                if let Some(code) = st.faults.result_for("state") {
                     return code;
                 }
-                *detail = format!("state={}", l.st.state);
+                *detail = format!("state={}", st.state);
                 // SAFETY: non-null, and a writable CUprocessState (a 32-bit enum) by contract.
-                unsafe { out.write(l.st.state) };
+                unsafe { out.write(st.state) };
                 r::CUDA_SUCCESS
             }
             Err(c) => c,
@@ -280,123 +304,115 @@ pub unsafe extern "C" fn cuCheckpointProcessGetRestoreThreadId(
     pid: c_int,
     tid: *mut c_int,
 ) -> CUresult {
-    logged(
-        "cuCheckpointProcessGetRestoreThreadId",
-        pid,
-        |dir, detail| {
-            if tid.is_null() {
-                return r::CUDA_ERROR_INVALID_VALUE;
-            }
-            match Locked::open(dir, pid) {
-                Ok(l) => {
-                    if let Some(code) = l.st.faults.result_for("restore-tid") {
-                        return code;
-                    }
-                    *detail = format!("tid={}", l.st.restore_tid);
-                    // SAFETY: non-null, and a writable int by contract.
-                    unsafe { tid.write(l.st.restore_tid) };
-                    r::CUDA_SUCCESS
+    logged("cuCheckpointProcessGetRestoreThreadId", pid, |detail| {
+        if tid.is_null() {
+            return r::CUDA_ERROR_INVALID_VALUE;
+        }
+        match state::read(pid) {
+            Ok(st) => {
+                if let Some(code) = st.faults.result_for("restore-tid") {
+                    return code;
                 }
-                Err(c) => c,
+                let Some(t) = state::caller_tid(pid, st.restore_tid) else {
+                    return r::CUDA_ERROR_INVALID_VALUE;
+                };
+                *detail = format!("tid={t}");
+                // SAFETY: non-null, and a writable int by contract.
+                unsafe { tid.write(t) };
+                r::CUDA_SUCCESS
             }
-        },
-    )
+            Err(c) => c,
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Faults, ProcState};
+    use crate::devmem::RELEASED_BYTE;
+    use crate::worker;
 
-    /// This test process registered as a CUDA process in a state dir of its own, with 3 pages
-    /// of "device memory" holding `data`.
-    fn registered(
-        faults: &str,
-        inflight: Inflight,
-    ) -> (tempfile::TempDir, StateDir, c_int, Vec<u8>) {
+    fn state_of(pid: c_int) -> u32 {
+        state::read(pid).unwrap().state
+    }
+
+    /// The whole state machine on this test process, registered once (one registration per
+    /// process: every check is in this one test), with its restore thread at work.
+    #[test]
+    fn the_state_machine_on_a_registered_process() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir(tmp.path().to_path_buf());
+        let reg = worker::register(&dir).unwrap();
         let pid = crate::getpid();
         let data: Vec<u8> = (0..3 * 4096u32).map(|i| (i * 7 % 251) as u8).collect();
-        std::fs::write(dir.device_path(pid), &data).unwrap();
-        let st = ProcState {
-            state: state::RUNNING,
-            starttime: state::starttime(pid).unwrap(),
-            restore_tid: pid,
-            inflight,
-            faults: Faults(faults.into()),
-            allocations: 1,
-            device_bytes: data.len() as u64,
-            checkpoints: 0,
-            restores: 0,
-        };
-        state::create(&dir, pid, &st).unwrap();
-        (tmp, dir, pid, data)
-    }
+        std::os::unix::fs::FileExt::write_all_at(&reg.device, &data, 0).unwrap();
+        let device_view = dir.device_path(pid);
+        assert_eq!(std::fs::read(&device_view).unwrap(), data);
+        assert_eq!(
+            state::caller_tid(pid, reg.restore_tid),
+            Some(reg.restore_tid)
+        );
 
-    fn state_of(dir: &StateDir, pid: c_int) -> u32 {
-        state::read(dir, pid).unwrap().state
-    }
-
-    #[test]
-    fn full_cycle_moves_device_memory_out_and_back() {
-        let (_tmp, dir, pid, data) = registered("", Inflight::Ms(0));
-        assert_eq!(checkpoint(&dir, pid), Err(r::CUDA_ERROR_ILLEGAL_STATE));
-        assert_eq!(unlock(&dir, pid), Err(r::CUDA_ERROR_ILLEGAL_STATE));
-        lock(&dir, pid, 1000).unwrap();
-        assert_eq!(state_of(&dir, pid), state::LOCKED);
-        assert_eq!(lock(&dir, pid, 1000), Err(r::CUDA_ERROR_ILLEGAL_STATE));
-        assert_eq!(restore(&dir, pid), Err(r::CUDA_ERROR_ILLEGAL_STATE));
-        checkpoint(&dir, pid).unwrap();
-        assert_eq!(state_of(&dir, pid), state::CHECKPOINTED);
-        let released = std::fs::read(dir.device_path(pid)).unwrap();
+        // The full cycle, and the calls refused on the way.
+        assert_eq!(checkpoint(pid), Err(r::CUDA_ERROR_ILLEGAL_STATE));
+        assert_eq!(unlock(pid), Err(r::CUDA_ERROR_ILLEGAL_STATE));
+        lock(pid, 1000).unwrap();
+        assert_eq!(state_of(pid), state::LOCKED);
+        assert_eq!(lock(pid, 1000), Err(r::CUDA_ERROR_ILLEGAL_STATE));
+        assert_eq!(restore(pid), Err(r::CUDA_ERROR_ILLEGAL_STATE));
+        checkpoint(pid).unwrap();
+        assert_eq!(state_of(pid), state::CHECKPOINTED);
+        let released = std::fs::read(&device_view).unwrap();
         assert!(released.iter().all(|&b| b == RELEASED_BYTE));
-        assert_eq!(std::fs::read(dir.host_path(pid)).unwrap(), data);
-        assert_eq!(unlock(&dir, pid), Err(r::CUDA_ERROR_ILLEGAL_STATE));
-        restore(&dir, pid).unwrap();
-        assert_eq!(std::fs::read(dir.device_path(pid)).unwrap(), data);
+        assert!(dir.host_path(pid).exists());
+        assert_eq!(unlock(pid), Err(r::CUDA_ERROR_ILLEGAL_STATE));
+        restore(pid).unwrap();
+        assert_eq!(std::fs::read(&device_view).unwrap(), data);
         assert!(!dir.host_path(pid).exists());
-        unlock(&dir, pid).unwrap();
-        let st = state::read(&dir, pid).unwrap();
+        unlock(pid).unwrap();
+        let st = state::read(pid).unwrap();
         assert_eq!(
             (st.state, st.checkpoints, st.restores),
             (state::RUNNING, 1, 1)
         );
-    }
 
-    #[test]
-    fn lock_times_out_and_leaves_the_process_running() {
-        let (_tmp, dir, pid, _) = registered("lock=timeout", Inflight::Ms(0));
-        let t = std::time::Instant::now();
-        assert_eq!(lock(&dir, pid, 50), Err(r::CUDA_ERROR_NOT_READY));
-        assert!(t.elapsed() >= std::time::Duration::from_millis(50));
-        assert_eq!(state_of(&dir, pid), state::RUNNING);
+        // Faults: a failing call changes nothing.
+        let set_faults = |f: &str| {
+            let mut l = Locked::open(pid).unwrap();
+            l.st.faults = state::Faults(f.into());
+            l.save().unwrap();
+        };
+        set_faults("checkpoint=out_of_memory,restore=100");
+        lock(pid, 100).unwrap();
+        assert_eq!(checkpoint(pid), Err(r::CUDA_ERROR_OUT_OF_MEMORY));
+        assert_eq!(state_of(pid), state::LOCKED);
+        assert_eq!(std::fs::read(&device_view).unwrap(), data);
+        unlock(pid).unwrap();
 
-        let (_tmp, dir, pid, _) = registered("", Inflight::Ms(200));
-        assert_eq!(lock(&dir, pid, 20), Err(r::CUDA_ERROR_NOT_READY));
-        assert_eq!(state_of(&dir, pid), state::RUNNING);
-        let t = std::time::Instant::now();
-        lock(&dir, pid, 0).unwrap();
-        assert!(t.elapsed() >= std::time::Duration::from_millis(200));
-        assert_eq!(state_of(&dir, pid), state::LOCKED);
-    }
-
-    #[test]
-    fn injected_faults_fail_the_call_without_a_transition() {
-        let (_tmp, dir, pid, data) =
-            registered("checkpoint=out_of_memory,restore=100", Inflight::Ms(0));
-        lock(&dir, pid, 100).unwrap();
-        assert_eq!(checkpoint(&dir, pid), Err(r::CUDA_ERROR_OUT_OF_MEMORY));
-        assert_eq!(state_of(&dir, pid), state::LOCKED);
-        assert_eq!(std::fs::read(dir.device_path(pid)).unwrap(), data);
-        unlock(&dir, pid).unwrap();
+        // Lock timeouts leave the process running.
+        set_faults("lock=timeout");
+        let t = Instant::now();
+        assert_eq!(lock(pid, 50), Err(r::CUDA_ERROR_NOT_READY));
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        assert_eq!(state_of(pid), state::RUNNING);
+        set_faults("");
+        {
+            let mut l = Locked::open(pid).unwrap();
+            l.st.inflight = Inflight::Ms(200);
+            l.save().unwrap();
+        }
+        assert_eq!(lock(pid, 20), Err(r::CUDA_ERROR_NOT_READY));
+        assert_eq!(state_of(pid), state::RUNNING);
+        let t = Instant::now();
+        lock(pid, 0).unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        assert_eq!(state_of(pid), state::LOCKED);
+        unlock(pid).unwrap();
     }
 
     #[test]
     fn an_unknown_pid_is_invalid() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = StateDir(tmp.path().to_path_buf());
-        assert_eq!(lock(&dir, 1, 10), Err(r::CUDA_ERROR_INVALID_VALUE));
-        assert_eq!(unlock(&dir, i32::MAX), Err(r::CUDA_ERROR_INVALID_VALUE));
+        assert_eq!(lock(i32::MAX, 10), Err(r::CUDA_ERROR_INVALID_VALUE));
+        assert_eq!(unlock(i32::MAX), Err(r::CUDA_ERROR_INVALID_VALUE));
     }
 }

@@ -1,18 +1,17 @@
-//! "Device" memory of the CUDA process: pages of one shared file, `<state dir>/<pid>.dev`,
-//! each allocation a `MAP_SHARED` mapping of its own page-aligned range of the file. A device
-//! pointer is the mapping's address, so copies are plain `memcpy`s.
+//! "Device" memory of the CUDA process: pages of one memfd (`fakecuda-dev`), each allocation a
+//! `MAP_SHARED` mapping of its own page-aligned range of it. A device pointer is the mapping's
+//! address, so copies are plain `memcpy`s.
 //!
-//! Keeping device memory in a file rather than in anonymous memory is what lets a checkpoint,
-//! called from another process, act on it without ptrace: `cuCheckpointProcessCheckpoint`
-//! copies the file aside (the device memory "moved into the process's host memory") and
-//! scribbles over it (the GPU released), `cuCheckpointProcessRestore` writes it back. A
-//! process that reads its buffers after a checkpoint without a restore sees the scribble, so
-//! tests can tell a round trip that really went through restore.
+//! Keeping device memory apart from the process's other memory is what makes a checkpoint
+//! visible: the restore thread ([`crate::worker`]) copies it into host memory and scribbles
+//! over it (the GPU released), and a restore writes it back. A process that reads its buffers
+//! after a checkpoint without a restore sees the scribble, so tests can tell a round trip that
+//! really went through restore. A memfd (not a file in a directory) travels with the process
+//! through CRIU: its contents are dumped and restored with it.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::Path;
 
 use crate::result::{self, CUresult};
 
@@ -40,20 +39,13 @@ fn page_size() -> usize {
 }
 
 impl DevMem {
-    /// Creates (truncates) the backing file.
-    pub fn create(path: &Path) -> Result<DevMem, CUresult> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|_| result::CUDA_ERROR_OPERATING_SYSTEM)?;
-        Ok(DevMem {
+    /// Device memory in `file` (empty: the device memfd of [`crate::worker::register`]).
+    pub fn new(file: File) -> DevMem {
+        DevMem {
             file,
             end: 0,
             allocs: BTreeMap::new(),
-        })
+        }
     }
 
     /// Allocates `size` bytes; the address is the device pointer.
@@ -133,7 +125,13 @@ mod tests {
     fn allocations_are_file_pages_and_bounds_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.dev");
-        let mut m = DevMem::create(&path).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        let mut m = DevMem::new(file);
         assert_eq!(m.alloc(0), Err(result::CUDA_ERROR_INVALID_VALUE));
         let a = m.alloc(100).unwrap();
         let b = m.alloc(5000).unwrap();

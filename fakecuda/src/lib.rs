@@ -2,27 +2,32 @@
 //!
 //! It exports, with the real driver's names and C signatures, what cudarc needs for a context,
 //! streams and events ([`api`]), device and pinned allocations and copies in both directions
-//! ([`memory`]; "device" memory is host memory, a shared file mapping: [`devmem`]), and the six
+//! ([`memory`]; "device" memory is host memory, a shared memfd mapping: [`devmem`]), and the six
 //! calls of the driver's checkpoint API (`cuCheckpointProcess*`, [`checkpoint`]).
 //!
-//! The checkpoint API is called by one process (cryo) on another (the CUDA process), so the
-//! fake keeps its state where both see it: one file per CUDA process under a state directory
-//! ([`state`]), taken with `flock` for every transition. The environment drives it:
+//! The checkpoint API is called by one process (cryo) on another (the CUDA process). As with
+//! the real driver, the state of a CUDA process lives in the process itself ([`state`]: a memfd
+//! that callers open through `/proc/PID/fd`), and checkpoints and restores are carried out by
+//! its restore thread ([`worker`]), which moves the device memory into the process's host
+//! memory and back. So everything travels with the process through a CRIU dump and restore:
+//! a restored process (a new host pid, a new start time, the same pid in its namespace) is
+//! CHECKPOINTED, and a Restore on it brings its device memory back. The environment drives it:
 //!
 //! | variable | read by | meaning |
 //! |---|---|---|
-//! | `FAKECUDA_STATE_DIR` | both sides | where the per-pid files and `calls.log` live (default `$TMPDIR/fakecuda-<uid>`) |
+//! | `FAKECUDA_STATE_DIR` | both sides | where `calls.log` and the per-pid views (`<pid>.state`, `<pid>.dev`, `<pid>.host`) go (default `$TMPDIR/fakecuda-<uid>`) |
 //! | `FAKECUDA_FAULTS` | the CUDA process, at context creation | `call=RESULT,...`: make a checkpoint call on this process fail (see [`state::Faults`]) |
 //! | `FAKECUDA_INFLIGHT_MS` | the CUDA process, at context creation | GPU work in flight that a lock waits for (ms) |
 //! | `FAKECUDA_DRIVER_VERSION` | any process | what `cuDriverGetVersion` answers (default 13000) |
 //! | `FAKECUDA_HANG_LIMIT_MS` | the caller | how long a lock without timeout waits for work that never ends (default 30000) |
+//! | `FAKECUDA_RESTORE_THREAD_TIMEOUT_MS` | the caller | how long Checkpoint and Restore wait for the process's restore thread (default 10000) |
 //! | `FAKECUDA_DEVICE_COUNT` | any process | how many devices (default 1) |
 //!
 //! Every checkpoint call appends one line to `calls.log` ([`calllog`]), so tests can check
 //! order, arguments and parallelism across processes.
 //!
 //! What it does not model: kernels, modules, memory pools, unified memory, peer access, and
-//! CRIU restoring a process into a new one (the state file is keyed by pid and start time).
+//! a lock waiting for CUDA calls in progress (only for `FAKECUDA_INFLIGHT_MS`).
 
 pub mod api;
 pub mod calllog;
@@ -31,6 +36,7 @@ pub mod devmem;
 pub mod memory;
 pub mod result;
 pub mod state;
+pub mod worker;
 
 use std::time::Duration;
 

@@ -1,25 +1,45 @@
-//! The per-process checkpoint state, shared between the CUDA process and whoever checkpoints
-//! it: one text file per pid, `<dir>/<pid>.state`, read and written under `flock`.
+//! The per-process checkpoint state. It lives in the CUDA process itself, in a memfd named
+//! `fakecuda-state`, so that it travels with the process through a CRIU dump and restore (CRIU
+//! dumps a memfd's contents and restores it under the same name and fd number), as the real
+//! driver's state lives in the process's own libcuda:
 //!
 //! ```text
+//! seq=12                     bumped by every write; the last line repeats it (see below)
 //! state=0                    RUNNING 0, LOCKED 1, CHECKPOINTED 2, FAILED 3
-//! starttime=123456           /proc/<pid>/stat field 22: tells a live process from a reused pid
-//! restore_tid=4242           the thread cuCheckpointProcessGetRestoreThreadId names
+//! nspid=3                    the process's pid in its own pid namespace (getpid())
+//! restore_tid=5              the restore thread, as a tid of that namespace
+//! wake_fd=7                  the write end of the restore thread's wake pipe
 //! inflight_ms=0              GPU work a lock waits for; "never" = it never finishes
 //! faults=checkpoint=2        FAKECUDA_FAULTS of the CUDA process
 //! allocations=2              live device allocations
 //! device_bytes=1060864       their mapped size
 //! checkpoints=0              successful checkpoints so far
 //! restores=0                 successful restores so far
+//! request=none               what a caller asked the restore thread to do: checkpoint, restore
+//! request_seq=0              numbers the requests ...
+//! done_seq=0                 ... and the last one done,
+//! done_result=0              with its CUresult
+//! end=12                     = seq: the text is whole
 //! ```
 //!
-//! The CUDA process creates the file when it creates its context (`cuDevicePrimaryCtxRetain`);
-//! a pid without a file, or whose process has another start time, is unknown to the driver.
+//! padded with newlines to [`STATE_SIZE`] bytes and always written whole at offset 0.
+//!
+//! A caller (cryo, through the checkpoint calls) knows a process by the pid it sees, which may
+//! be in another pid namespace (a container) than the process's own: it finds the memfd by its
+//! name among `/proc/PID/fd/*`, opens it through that link (a file description of its own) and
+//! checks that `nspid` is the last `NSpid` of `/proc/PID/status` (a forked child inherits the
+//! memfd but is not the process that registered). A pid with no such memfd has no CUDA context.
+//!
+//! Writers take an exclusive `flock` (callers on their own file description; in the process,
+//! the restore thread and the memory calls under a process-wide mutex as well, since they share
+//! one). The process's blocked CUDA calls read the state without a lock, checking `seq` against
+//! `end`: a process frozen by CRIU while it holds a file lock fails the dump, and a locked
+//! process polls its state all the time.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 use crate::result::{self, CUresult};
 
@@ -28,7 +48,14 @@ pub const LOCKED: u32 = 1;
 pub const CHECKPOINTED: u32 = 2;
 pub const FAILED: u32 = 3;
 
-/// The directory holding every pid's files and the call log.
+/// The name of the state memfd (`/proc/PID/fd/N` reads `/memfd:fakecuda-state (deleted)`).
+pub const STATE_MEMFD: &str = "fakecuda-state";
+/// The name of the device-memory memfd.
+pub const DEVICE_MEMFD: &str = "fakecuda-dev";
+/// The size of the state text, padding included: one page.
+pub const STATE_SIZE: usize = 4096;
+
+/// The directory of the call log and of the per-pid views tests read (see [`StateDir::views`]).
 #[derive(Debug, Clone)]
 pub struct StateDir(pub PathBuf);
 
@@ -45,22 +72,40 @@ impl StateDir {
         }
     }
 
+    /// A view of the process's state: a link to its state memfd.
     pub fn state_path(&self, pid: i32) -> PathBuf {
         self.0.join(format!("{pid}.state"))
     }
 
-    /// The CUDA process's "device memory" (see [`crate::devmem`]).
+    /// A view of the process's "device memory": a link to its device memfd.
     pub fn device_path(&self, pid: i32) -> PathBuf {
         self.0.join(format!("{pid}.dev"))
     }
 
-    /// Where a checkpoint puts the device memory ("the process's host memory").
+    /// Present while the process is checkpointed: where its device memory waits in its host
+    /// memory (`addr=0x... bytes=N`).
     pub fn host_path(&self, pid: i32) -> PathBuf {
         self.0.join(format!("{pid}.host"))
     }
 
     pub fn log_path(&self) -> PathBuf {
         self.0.join("calls.log")
+    }
+
+    /// Makes `<pid>.state` and `<pid>.dev` links to the process's memfds, for tests that look
+    /// at a CUDA process from its own pid namespace (the links name `/proc/<pid>/fd/N`). Best
+    /// effort: a state directory that cannot be written (a container without it) has none.
+    pub fn views(&self, pid: i32, state_fd: i32, device_fd: i32) {
+        if std::fs::create_dir_all(&self.0).is_err() {
+            return;
+        }
+        for (path, fd) in [
+            (self.state_path(pid), state_fd),
+            (self.device_path(pid), device_fd),
+        ] {
+            let _ = std::fs::remove_file(&path);
+            let _ = std::os::unix::fs::symlink(format!("/proc/{pid}/fd/{fd}"), &path);
+        }
     }
 }
 
@@ -103,145 +148,182 @@ impl Faults {
     }
 }
 
-/// One process's state as stored in its file.
+/// What a caller asked the process's restore thread to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    None,
+    Checkpoint,
+    Restore,
+}
+
+impl Request {
+    fn as_str(self) -> &'static str {
+        match self {
+            Request::None => "none",
+            Request::Checkpoint => "checkpoint",
+            Request::Restore => "restore",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Request> {
+        Some(match s {
+            "none" => Request::None,
+            "checkpoint" => Request::Checkpoint,
+            "restore" => Request::Restore,
+            _ => return None,
+        })
+    }
+}
+
+/// One process's state as stored in its memfd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcState {
+    pub seq: u64,
     pub state: u32,
-    pub starttime: u64,
+    pub nspid: i32,
     pub restore_tid: i32,
+    pub wake_fd: i32,
     pub inflight: Inflight,
     pub faults: Faults,
     pub allocations: u64,
     pub device_bytes: u64,
     pub checkpoints: u64,
     pub restores: u64,
+    pub request: Request,
+    pub request_seq: u64,
+    pub done_seq: u64,
+    pub done_result: CUresult,
 }
 
 impl ProcState {
-    pub fn serialize(&self) -> String {
+    /// A RUNNING process with nothing allocated.
+    pub fn new(
+        nspid: i32,
+        restore_tid: i32,
+        wake_fd: i32,
+        inflight: Inflight,
+        faults: Faults,
+    ) -> Self {
+        ProcState {
+            seq: 0,
+            state: RUNNING,
+            nspid,
+            restore_tid,
+            wake_fd,
+            inflight,
+            faults,
+            allocations: 0,
+            device_bytes: 0,
+            checkpoints: 0,
+            restores: 0,
+            request: Request::None,
+            request_seq: 0,
+            done_seq: 0,
+            done_result: result::CUDA_SUCCESS,
+        }
+    }
+
+    /// The text, padded to [`STATE_SIZE`]; `None` if it does not fit (faults too long).
+    pub fn serialize(&self) -> Option<Vec<u8>> {
         let inflight = match self.inflight {
             Inflight::Ms(ms) => ms.to_string(),
             Inflight::Never => "never".to_string(),
         };
-        format!(
-            "state={}\nstarttime={}\nrestore_tid={}\ninflight_ms={}\nfaults={}\nallocations={}\ndevice_bytes={}\ncheckpoints={}\nrestores={}\n",
+        let text = format!(
+            "seq={seq}\nstate={}\nnspid={}\nrestore_tid={}\nwake_fd={}\ninflight_ms={}\nfaults={}\n\
+             allocations={}\ndevice_bytes={}\ncheckpoints={}\nrestores={}\nrequest={}\n\
+             request_seq={}\ndone_seq={}\ndone_result={}\nend={seq}\n",
             self.state,
-            self.starttime,
+            self.nspid,
             self.restore_tid,
+            self.wake_fd,
             inflight,
             self.faults.0,
             self.allocations,
             self.device_bytes,
             self.checkpoints,
-            self.restores
-        )
+            self.restores,
+            self.request.as_str(),
+            self.request_seq,
+            self.done_seq,
+            self.done_result,
+            seq = self.seq,
+        );
+        let mut bytes = text.into_bytes();
+        if bytes.len() > STATE_SIZE {
+            return None;
+        }
+        bytes.resize(STATE_SIZE, b'\n');
+        Some(bytes)
     }
 
-    /// Parses a state file; `None` when a field is missing or malformed.
+    /// Parses a state text; `None` when a field is missing or malformed, or the text is not
+    /// whole (`end` differs from `seq`: read while being written).
     pub fn parse(text: &str) -> Option<ProcState> {
         let field = |key: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::trim)
         };
-        let num = |key: &str| field(key)?.trim().parse::<u64>().ok();
-        let inflight = match field("inflight_ms")?.trim() {
+        let num = |key: &str| field(key)?.parse::<u64>().ok();
+        let int = |key: &str| field(key)?.parse::<i32>().ok();
+        let inflight = match field("inflight_ms")? {
             "never" => Inflight::Never,
             ms => Inflight::Ms(ms.parse().ok()?),
         };
+        let seq = num("seq")?;
+        if num("end")? != seq {
+            return None;
+        }
         Some(ProcState {
+            seq,
             state: u32::try_from(num("state")?).ok()?,
-            starttime: num("starttime")?,
-            restore_tid: field("restore_tid")?.trim().parse().ok()?,
+            nspid: int("nspid")?,
+            restore_tid: int("restore_tid")?,
+            wake_fd: int("wake_fd")?,
             inflight,
-            faults: Faults(field("faults")?.trim().to_string()),
+            faults: Faults(field("faults")?.to_string()),
             allocations: num("allocations")?,
             device_bytes: num("device_bytes")?,
             checkpoints: num("checkpoints")?,
             restores: num("restores")?,
+            request: Request::parse(field("request")?)?,
+            request_seq: num("request_seq")?,
+            done_seq: num("done_seq")?,
+            done_result: u32::try_from(num("done_result")?).ok()?,
         })
     }
 }
 
-/// A process's start time (clock ticks since boot), `None` when there is no such process.
-pub fn starttime(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name in parentheses may hold spaces: fields are counted after its ')'.
-    let after = &stat[stat.rfind(')')? + 1..];
-    // Field 3 (state) is the first after ')'; starttime is field 22.
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// A pid's state file, opened and held under an exclusive `flock` until dropped.
-pub struct Locked {
-    file: File,
-    pub st: ProcState,
-}
-
-impl Locked {
-    /// Opens `pid`'s state for a transition. `CUDA_ERROR_INVALID_VALUE` when the driver does
-    /// not know the pid: no file, or a file left by an earlier process with that pid.
-    pub fn open(dir: &StateDir, pid: i32) -> Result<Locked, CUresult> {
-        let path = dir.state_path(pid);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|_| result::CUDA_ERROR_INVALID_VALUE)?;
-        flock(&file, libc::LOCK_EX)?;
-        let mut text = String::new();
-        file.read_to_string(&mut text)
-            .map_err(|_| result::CUDA_ERROR_OPERATING_SYSTEM)?;
-        let st = ProcState::parse(&text).ok_or(result::CUDA_ERROR_UNKNOWN)?;
-        if starttime(pid) != Some(st.starttime) {
-            return Err(result::CUDA_ERROR_INVALID_VALUE);
+/// Reads the state from `file` without a lock, retrying a text caught mid-write. `None` when
+/// it cannot be read or never reads whole.
+pub fn read_file(file: &File) -> Option<ProcState> {
+    let mut buf = vec![0u8; STATE_SIZE];
+    for attempt in 0..1000 {
+        let n = file.read_at(&mut buf, 0).ok()?;
+        if let Some(st) = std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(ProcState::parse)
+        {
+            return Some(st);
         }
-        Ok(Locked { file, st })
+        if attempt > 10 {
+            std::thread::yield_now();
+        }
     }
-
-    /// Writes the (changed) state back.
-    pub fn save(&mut self) -> Result<(), CUresult> {
-        write_all_at_start(&mut self.file, self.st.serialize().as_bytes())
-    }
+    None
 }
 
-/// Reads `pid`'s state under a shared lock (the CUDA process polling its own state).
-pub fn read(dir: &StateDir, pid: i32) -> Option<ProcState> {
-    let mut file = File::open(dir.state_path(pid)).ok()?;
-    flock(&file, libc::LOCK_SH).ok()?;
-    let mut text = String::new();
-    file.read_to_string(&mut text).ok()?;
-    ProcState::parse(&text)
+/// Writes `st` whole, its `seq` bumped.
+pub fn write_file(file: &File, st: &mut ProcState) -> Result<(), CUresult> {
+    st.seq += 1;
+    let bytes = st.serialize().ok_or(result::CUDA_ERROR_INVALID_VALUE)?;
+    file.write_all_at(&bytes, 0)
+        .map_err(|_| result::CUDA_ERROR_OPERATING_SYSTEM)
 }
 
-/// Creates (or replaces) `pid`'s state: the CUDA process registering itself.
-pub fn create(dir: &StateDir, pid: i32, st: &ProcState) -> Result<(), CUresult> {
-    std::fs::create_dir_all(&dir.0).map_err(|_| result::CUDA_ERROR_OPERATING_SYSTEM)?;
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(dir.state_path(pid))
-        .map_err(|_| result::CUDA_ERROR_OPERATING_SYSTEM)?;
-    flock(&file, libc::LOCK_EX)?;
-    write_all_at_start(&mut file, st.serialize().as_bytes())
-}
-
-/// Updates `pid`'s state in place with `f`, if the file exists.
-pub fn update(dir: &StateDir, pid: i32, f: impl FnOnce(&mut ProcState)) -> Result<(), CUresult> {
-    let mut locked = Locked::open(dir, pid)?;
-    f(&mut locked.st);
-    locked.save()
-}
-
-fn write_all_at_start(file: &mut File, bytes: &[u8]) -> Result<(), CUresult> {
-    let os = |_| result::CUDA_ERROR_OPERATING_SYSTEM;
-    file.set_len(0).map_err(os)?;
-    file.seek(SeekFrom::Start(0)).map_err(os)?;
-    file.write_all(bytes).map_err(os)
-}
-
-fn flock(file: &File, op: libc::c_int) -> Result<(), CUresult> {
+/// Takes `flock(op)` on `file`, retrying on EINTR.
+pub fn flock(file: &File, op: libc::c_int) -> Result<(), CUresult> {
     loop {
         // SAFETY: the fd is open for the duration of the call.
         let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
@@ -254,29 +336,137 @@ fn flock(file: &File, op: libc::c_int) -> Result<(), CUresult> {
     }
 }
 
+/// The last `NSpid` of `status` (a `/proc/PID/status` or `/proc/PID/task/TID/status` file):
+/// the id in the task's own pid namespace. `None` if the task is gone.
+pub fn ns_id(status: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(status).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+/// The fd of `pid` that is a memfd named `name`, if any.
+pub fn find_memfd(pid: i32, name: &str) -> Option<i32> {
+    let want = format!("/memfd:{name}");
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    dir.flatten().find_map(|e| {
+        let target = std::fs::read_link(e.path()).ok()?;
+        let target = target.to_str()?;
+        // "/memfd:NAME (deleted)": the name must match whole.
+        let rest = target.strip_prefix(&want)?;
+        (rest.is_empty() || rest.starts_with(' '))
+            .then(|| e.file_name().to_str()?.parse().ok())
+            .flatten()
+    })
+}
+
+/// A CUDA process's state seen from a caller, held under an exclusive `flock` until dropped.
+pub struct Locked {
+    file: File,
+    /// The pid as the caller names it.
+    pub pid: i32,
+    pub st: ProcState,
+}
+
+impl Locked {
+    /// Opens `pid`'s state for a transition. `CUDA_ERROR_INVALID_VALUE` when the driver does
+    /// not know the pid: no such process, no context in it, or a child that inherited it.
+    pub fn open(pid: i32) -> Result<Locked, CUresult> {
+        let file = open_state(pid)?;
+        flock(&file, libc::LOCK_EX)?;
+        let st = read_file(&file).ok_or(result::CUDA_ERROR_UNKNOWN)?;
+        if ns_id(Path::new(&format!("/proc/{pid}/status"))) != Some(st.nspid) {
+            return Err(result::CUDA_ERROR_INVALID_VALUE);
+        }
+        Ok(Locked { file, pid, st })
+    }
+
+    /// Writes the (changed) state back.
+    pub fn save(&mut self) -> Result<(), CUresult> {
+        write_file(&self.file, &mut self.st)
+    }
+}
+
+/// Opens the state memfd of `pid` through /proc, a file description of the caller's own.
+fn open_state(pid: i32) -> Result<File, CUresult> {
+    let fd = find_memfd(pid, STATE_MEMFD).ok_or(result::CUDA_ERROR_INVALID_VALUE)?;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{pid}/fd/{fd}"))
+        .map_err(|_| result::CUDA_ERROR_INVALID_VALUE)
+}
+
+/// Reads `pid`'s state under a shared lock (a caller that only looks).
+pub fn read(pid: i32) -> Result<ProcState, CUresult> {
+    let file = open_state(pid)?;
+    flock(&file, libc::LOCK_SH)?;
+    let st = read_file(&file).ok_or(result::CUDA_ERROR_UNKNOWN)?;
+    if ns_id(Path::new(&format!("/proc/{pid}/status"))) != Some(st.nspid) {
+        return Err(result::CUDA_ERROR_INVALID_VALUE);
+    }
+    Ok(st)
+}
+
+/// The thread of `pid` whose id in the process's namespace is `ns_tid`, as the caller names
+/// it (the same number when both are in one pid namespace).
+pub fn caller_tid(pid: i32, ns_tid: i32) -> Option<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks.flatten().find_map(|t| {
+        let tid: i32 = t.file_name().to_str()?.parse().ok()?;
+        (ns_id(&t.path().join("status")) == Some(ns_tid)).then_some(tid)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn sample() -> ProcState {
-        ProcState {
-            state: LOCKED,
-            starttime: 42,
-            restore_tid: 7,
-            inflight: Inflight::Never,
-            faults: Faults("checkpoint=out_of_memory,lock=timeout".into()),
-            allocations: 2,
-            device_bytes: 8192,
-            checkpoints: 1,
-            restores: 0,
-        }
+        let mut st = ProcState::new(
+            42,
+            43,
+            7,
+            Inflight::Never,
+            Faults("checkpoint=out_of_memory,lock=timeout".into()),
+        );
+        st.state = LOCKED;
+        st.allocations = 2;
+        st.device_bytes = 8192;
+        st.checkpoints = 1;
+        st.request = Request::Restore;
+        st.request_seq = 3;
+        st
     }
 
     #[test]
-    fn state_round_trips_through_text() {
+    fn state_round_trips_through_text_of_a_fixed_size() {
         let st = sample();
-        assert_eq!(ProcState::parse(&st.serialize()), Some(st));
+        let bytes = st.serialize().unwrap();
+        assert_eq!(bytes.len(), STATE_SIZE);
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert_eq!(ProcState::parse(text), Some(st));
         assert_eq!(ProcState::parse("state=0\n"), None);
+        // A text caught mid-write (its head newer than its tail) is not whole.
+        let torn = text.replace("end=0", "end=1");
+        assert_eq!(ProcState::parse(&torn), None);
+        let mut long = sample();
+        long.faults = Faults("x".repeat(STATE_SIZE));
+        assert_eq!(long.serialize(), None);
+    }
+
+    #[test]
+    fn writes_bump_the_sequence() {
+        let file = tempfile::tempfile().unwrap();
+        let mut st = sample();
+        write_file(&file, &mut st).unwrap();
+        write_file(&file, &mut st).unwrap();
+        let back = read_file(&file).unwrap();
+        assert_eq!(back.seq, 2);
+        assert_eq!(back, st);
     }
 
     #[test]
@@ -296,29 +486,24 @@ mod tests {
     }
 
     #[test]
-    fn own_starttime_is_readable_and_a_dead_pid_has_none() {
-        assert!(starttime(crate::getpid()).is_some());
-        assert_eq!(starttime(i32::MAX), None);
+    fn namespace_ids_of_this_process_are_its_own() {
+        let me = crate::getpid();
+        assert_eq!(ns_id(Path::new("/proc/self/status")), Some(me));
+        assert_eq!(caller_tid(me, crate::gettid()), Some(crate::gettid()));
+        assert_eq!(ns_id(Path::new("/proc/2147483647/status")), None);
     }
 
     #[test]
-    fn a_file_left_by_another_process_is_unknown() {
-        let dir = tempfile::tempdir().unwrap();
-        let dir = StateDir(dir.path().to_path_buf());
-        let me = crate::getpid();
-        let mut st = sample();
-        st.starttime = starttime(me).unwrap() + 1;
-        create(&dir, me, &st).unwrap();
-        assert_eq!(
-            Locked::open(&dir, me).err(),
-            Some(result::CUDA_ERROR_INVALID_VALUE)
-        );
-        st.starttime -= 1;
-        create(&dir, me, &st).unwrap();
-        let mut locked = Locked::open(&dir, me).unwrap();
-        locked.st.state = RUNNING;
-        locked.save().unwrap();
-        drop(locked);
-        assert_eq!(read(&dir, me).unwrap().state, RUNNING);
+    fn a_process_without_the_memfd_is_unknown() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let unknown = Locked::open(pid).err();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(unknown, Some(result::CUDA_ERROR_INVALID_VALUE));
+        assert_eq!(read(i32::MAX).err(), Some(result::CUDA_ERROR_INVALID_VALUE));
     }
 }

@@ -27,7 +27,7 @@ pub mod spec;
 pub mod state;
 pub mod syscall;
 
-pub use checkpoint::{CgroupsMode, CheckpointOptions, CriuFlags, RestoreOptions};
+pub use checkpoint::{CgroupsMode, CheckpointOptions, CriuFlags, GpuOptions, RestoreOptions};
 pub use container::{CreateOptions, ExecOptions, InitBinary, Runtime, Stdio};
 pub use error::{Error, Result};
 pub use state::{OciState, Status};

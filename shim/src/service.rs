@@ -488,6 +488,7 @@ impl Service {
             ..Default::default()
         };
         opts.flags.criu = c.settings.criu.clone();
+        opts.flags.gpu = cryo_runtime::GpuOptions::from_env();
         match from {
             Restore::Image(dir) => opts.image_path = dir.clone(),
             Restore::Snapshot { name, lazy } => {
@@ -942,6 +943,7 @@ impl Task for Service {
                 cgroups_mode,
                 empty_ns,
                 criu: c.settings.criu.clone(),
+                gpu: cryo_runtime::GpuOptions::from_env(),
             },
         };
         {

@@ -323,3 +323,32 @@ pub fn read_pty(master: std::os::fd::OwnedFd) -> String {
     }
     String::from_utf8_lossy(&out).replace("\r\n", "\n")
 }
+
+impl Env {
+    /// Like [`Env::cryo`], with `vars` added to cryo's environment.
+    pub fn cryo_with_env(&self, args: &[&str], vars: &[(&str, &std::ffi::OsStr)]) -> Output {
+        use std::io::{Read, Seek};
+        let mut out = tempfile::tempfile().unwrap();
+        let mut err = tempfile::tempfile().unwrap();
+        let status = self
+            .cmd()
+            .args(args)
+            .envs(vars.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(err.try_clone().unwrap())
+            .status()
+            .unwrap();
+        let read = |f: &mut std::fs::File| {
+            let mut v = Vec::new();
+            f.rewind().unwrap();
+            f.read_to_end(&mut v).unwrap();
+            v
+        };
+        Output {
+            status,
+            stdout: read(&mut out),
+            stderr: read(&mut err),
+        }
+    }
+}

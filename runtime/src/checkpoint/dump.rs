@@ -1,5 +1,7 @@
 //! `checkpoint`: the dump into a staging directory, published at CRIU's post-dump (by rename
 //! to `--image-path`, or by ingest into the snapshot store) while the tree is still frozen.
+//! The container's CUDA processes are checkpointed by the driver first ([`super::gpu`]) and put
+//! back after a dump that leaves the container running or fails.
 
 use std::fs::{self, File};
 use std::path::Path;
@@ -13,6 +15,7 @@ use crate::state::{ContainerState, Status};
 use crate::Runtime;
 
 use super::externals::{cgroup_binds, describe_stdio, external_mounts, external_namespaces};
+use super::gpu::{self, CudaImage};
 use super::{
     absolute, base_opts, criu_err, image_dir, mkdir_0700, open_store, open_work_dir, write_json,
     CheckpointOptions, ImageMeta, DESCRIPTORS_FILE, META_FILE, META_VERSION,
@@ -166,13 +169,33 @@ impl Runtime {
         };
         let _ = fs::remove_dir_all(&staging);
         mkdir_0700(&staging)?;
+        // The device memory of the CUDA processes moves into their host memory, which CRIU
+        // then dumps like any other; from here on, every way out puts them back.
+        let cuda = match gpu::checkpoint(
+            &container_pids(&st),
+            status == Status::Paused,
+            &opts.flags.gpu,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        let config = match &cuda {
+            Some(_) => gpu::criu_config(dir.path()),
+            None => Ok(None),
+        };
         let mut notify = PublishAtPostDump {
             publish: &mut *publish,
             published: false,
             error: None,
         };
         let t0 = std::time::Instant::now();
-        let r = self.dump_into(&criu, &st, &staging, opts, &mut notify);
+        let r = config.and_then(|config| {
+            let image = cuda.as_ref().map(|c| c.image.clone());
+            self.dump_into(&criu, &st, &staging, opts, image, config, &mut notify)
+        });
         tracing::debug!(
             ms = t0.elapsed().as_secs_f64() * 1e3,
             "criu dump (publish included)"
@@ -183,6 +206,22 @@ impl Runtime {
             (r, None) => r,
         };
         drop(publish);
+        if cuda.is_some() {
+            let _ = fs::remove_file(dir.path().join("criu-gpu.conf"));
+            let _ = fs::remove_dir_all(dir.path().join("criu-plugins"));
+        }
+        // After a dump that failed (CRIU thawed the tree) or leaves it running, the CUDA
+        // processes get their device memory back and run on.
+        let r = match (&cuda, r) {
+            (Some(c), Err(e)) => Err(match c.put_back() {
+                Ok(()) => e,
+                Err(p) => Error::Other(format!("{e}; and then: {p}")),
+            }),
+            (Some(c), Ok(())) if opts.leave_running => c
+                .put_back()
+                .map_err(|p| Error::Other(format!("the checkpoint is written, but {p}"))),
+            (_, r) => r,
+        };
         if let Err(e) = r {
             let _ = fs::remove_dir_all(&staging);
             return Err(e);
@@ -194,12 +233,15 @@ impl Runtime {
         Ok(report)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn dump_into(
         &self,
         criu: &Criu,
         st: &ContainerState,
         staging: &Path,
         opts: &CheckpointOptions,
+        cuda: Option<CudaImage>,
+        config_file: Option<std::path::PathBuf>,
         notify: &mut dyn Notify,
     ) -> Result<()> {
         let descriptors = describe_stdio(st.pid)?;
@@ -208,6 +250,7 @@ impl Runtime {
             id: st.id.clone(),
             criu: criu.version().to_string(),
             descriptors,
+            cuda,
         };
         write_json(&staging.join(META_FILE), &meta)?;
         let paths: Vec<&str> = meta.descriptors.iter().map(|d| d.path.as_str()).collect();
@@ -219,6 +262,7 @@ impl Runtime {
         o.pid = Some(st.pid);
         o.root = Some(st.rootfs.to_string_lossy().into_owned());
         o.leave_running = Some(opts.leave_running);
+        o.config_file = config_file.map(|p| p.to_string_lossy().into_owned());
         if let Some(cg) = &st.cgroup {
             let freezer = cg
                 .paths
@@ -240,6 +284,19 @@ impl Runtime {
         criu.dump(o, notify).map_err(criu_err)?;
         Ok(())
     }
+}
+
+/// Every process of the container: its cgroup's, else the init's tree.
+fn container_pids(st: &ContainerState) -> Vec<i32> {
+    let from_cgroup = st
+        .cgroup
+        .as_ref()
+        .and_then(|cg| cgroups::from_state(cg).ok())
+        .and_then(|m| m.pids().ok())
+        .filter(|p| !p.is_empty());
+    from_cgroup.unwrap_or_else(|| {
+        cryo_snapshot::gpu::discover::process_tree(st.pid).unwrap_or_else(|_| vec![st.pid])
+    })
 }
 
 #[cfg(test)]

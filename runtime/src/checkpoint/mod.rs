@@ -3,16 +3,18 @@
 //! cgroups, stdio) into CRIU options and back; CRIU itself dumps and restores the process tree.
 //!
 //! An image directory holds CRIU's images plus `cryo.json` (what cryo needs to restore: the
-//! container's stdio, the CRIU version) and runc's `descriptors.json`. A dump is written into
+//! container's stdio, the CRIU version, its CUDA processes) and runc's `descriptors.json`. A dump is written into
 //! a hidden staging directory beside the target and renamed into place only when CRIU
 //! succeeded, so a failed checkpoint leaves the previous image intact and nothing
 //! half-written visible; CRIU thaws the container on failure.
 
 mod dump;
 mod externals;
+pub mod gpu;
 mod restore;
 
 pub use dump::CheckpointReport;
+pub use gpu::{CudaImage, GpuOptions};
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -87,6 +89,9 @@ pub struct CriuFlags {
     pub empty_ns: u32,
     /// The CRIU binary (default: see [`Criu::locate`]).
     pub criu: Option<PathBuf>,
+    /// How the CUDA processes of the container are checkpointed and restored (the driver
+    /// library, the lock timeout); unused for containers without any.
+    pub gpu: GpuOptions,
 }
 
 /// `checkpoint` options.
@@ -149,6 +154,11 @@ pub struct ImageMeta {
     pub criu: String,
     /// The init's stdio at checkpoint time.
     pub descriptors: Vec<Descriptor>,
+    /// The CUDA processes whose device memory the driver checkpointed into their host memory
+    /// before the dump: restore brings it back onto a GPU (absent: none; older cryo versions
+    /// leave it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda: Option<CudaImage>,
 }
 
 /// One stdio fd of the container's init.
@@ -278,6 +288,18 @@ mod tests {
         );
         let e = "hard".parse::<CgroupsMode>().unwrap_err().to_string();
         assert!(e.contains("hard") && e.contains("soft"), "{e}");
+    }
+
+    #[test]
+    fn image_meta_without_cuda_reads_and_writes_as_before() {
+        let old = r#"{"version":1,"id":"c","criu":"4.2.1","descriptors":[]}"#;
+        let meta: ImageMeta = serde_json::from_str(old).unwrap();
+        assert_eq!(meta.cuda, None);
+        assert_eq!(serde_json::to_string(&meta).unwrap(), old);
+        let with = r#"{"version":1,"id":"c","criu":"4.2.1","descriptors":[],"cuda":{"pids":[2,3],"driver_version":13000}}"#;
+        let meta: ImageMeta = serde_json::from_str(with).unwrap();
+        assert_eq!(meta.cuda.as_ref().unwrap().pids, [2, 3]);
+        assert_eq!(serde_json::to_string(&meta).unwrap(), with);
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! `restore`: a new container from a bundle and an image directory.
+//! `restore`: a new container from a bundle and an image directory. An image with checkpointed
+//! CUDA processes is restored stopped; their device memory goes back onto the GPU
+//! ([`super::gpu`]) before the container resumes.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -248,13 +250,12 @@ impl Runtime {
         // no pages-*.img written and read back), then the tree resumes. The process never runs
         // before all its memory is in, as with a classic eager restore.
         let fill_then_resume = !opts.lazy && opts.snapshot.is_some();
-        let resume = fill_then_resume && !opts.leave_stopped;
+        let asked = opts;
         let effective = RestoreOptions {
             lazy: opts.lazy || fill_then_resume,
-            leave_stopped: opts.leave_stopped || fill_then_resume,
             ..opts.clone()
         };
-        let opts = &effective;
+        let mut opts = &effective;
         let id = dir.id().to_string();
         let (bundle, spec, rootfs) = crate::container::open_bundle(&opts.bundle)?;
         // A snapshot from the store is written out as CRIU images in the state directory
@@ -312,6 +313,19 @@ impl Runtime {
                 msg: format!("version {} (this build reads {META_VERSION})", meta.version),
             });
         }
+        // CUDA processes must get their device memory back before they run: CRIU leaves the
+        // tree stopped, and only their restore threads run until it is back.
+        let stopped = RestoreOptions {
+            leave_stopped: asked.leave_stopped || fill_then_resume || meta.cuda.is_some(),
+            ..effective.clone()
+        };
+        opts = &stopped;
+        let resume = opts.leave_stopped && !asked.leave_stopped;
+        let cuda_driver = meta
+            .cuda
+            .as_ref()
+            .map(|c| super::gpu::restore_driver(c, &opts.flags.gpu))
+            .transpose()?;
         let criu = Criu::locate(opts.flags.criu.as_deref()).map_err(criu_err)?;
         let images = File::open(&images_path).io_ctx(&images_path)?;
         let work = open_work_dir(opts.work_path.as_deref())?;
@@ -388,6 +402,10 @@ impl Runtime {
             (r, _) => r,
         };
         let r = r.and_then(|pid| {
+            if let (Some(cuda), Some(driver)) = (&meta.cuda, &cuda_driver) {
+                let pids = cgroup.pids().unwrap_or_default();
+                super::gpu::restore(driver, cuda, &pids)?;
+            }
             if resume {
                 for p in cgroup.pids().unwrap_or_default() {
                     kill(Pid::from_raw(p), Signal::SIGCONT)
@@ -474,6 +492,10 @@ impl Runtime {
             held.push(fd);
         }
         let mut o = base_opts(images, work, "restore.log", &opts.flags);
+        if meta.cuda.is_some() {
+            o.config_file =
+                super::gpu::criu_config(dir.path())?.map(|p| p.to_string_lossy().into_owned());
+        }
         o.rst_sibling = Some(true);
         o.lazy_pages = Some(opts.lazy);
         o.leave_stopped = Some(opts.leave_stopped);
@@ -550,7 +572,12 @@ impl Runtime {
             pid: None,
         };
         let t0 = std::time::Instant::now();
-        let pid = criu.restore_in(session, o, &mut notify).map_err(criu_err)?;
+        let pid = criu.restore_in(session, o, &mut notify).map_err(criu_err);
+        if meta.cuda.is_some() {
+            let _ = fs::remove_file(dir.path().join("criu-gpu.conf"));
+            let _ = fs::remove_dir_all(dir.path().join("criu-plugins"));
+        }
+        let pid = pid?;
         tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, pid, "criu restore");
         drop(held);
         let st = mk_state(pid);

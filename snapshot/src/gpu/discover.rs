@@ -63,13 +63,23 @@ fn not_a_cuda_process(e: &GpuError) -> bool {
     )
 }
 
+/// The processes among `pids` that map the CUDA driver, or whose maps cannot be read: the
+/// only ones worth asking a driver about. Needs no driver, so a tree without them costs no
+/// library load.
+pub fn candidates(pids: &[i32]) -> Result<Vec<i32>, GpuError> {
+    let mut found = Vec::new();
+    for &pid in pids {
+        if maps_libcuda(pid)? != Some(false) {
+            found.push(pid);
+        }
+    }
+    Ok(found)
+}
+
 /// The CUDA processes among `pids`, in the same order.
 pub fn cuda_processes(driver: &dyn Driver, pids: &[i32]) -> Result<Vec<CudaProcess>, GpuError> {
     let mut found = Vec::new();
-    for &pid in pids {
-        if maps_libcuda(pid)? == Some(false) {
-            continue;
-        }
+    for pid in candidates(pids)? {
         match driver.state(pid) {
             Ok(state) => found.push(CudaProcess { pid, state }),
             Err(e) if not_a_cuda_process(&e) => {}
@@ -113,6 +123,19 @@ pub fn process_tree(root: i32) -> Result<Vec<i32>, GpuError> {
     Ok(tree)
 }
 
+/// A process's pid in its own pid namespace (the last `NSpid` of `/proc/PID/status`): what
+/// CRIU restores it as. `None` if it is gone.
+pub fn ns_pid(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
 /// A process's parent pid, `None` if it is gone.
 fn parent(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -145,6 +168,14 @@ mod tests {
         d.add_process(me);
         assert!(cuda_processes(&d, &[me]).unwrap().is_empty());
         assert!(d.calls().is_empty());
+    }
+
+    #[test]
+    fn a_process_of_this_namespace_is_its_own_ns_pid() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        assert_eq!(ns_pid(me), Some(me));
+        assert_eq!(ns_pid(i32::MAX), None);
+        assert!(candidates(&[me, i32::MAX]).unwrap().is_empty());
     }
 
     #[test]

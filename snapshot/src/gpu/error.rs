@@ -69,6 +69,28 @@ pub enum GpuError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A restored process did not reach its stop (CRIU's `--leave-stopped`) in time.
+    #[error("pid {pid}: thread {tid} is in state {state:?}, not stopped: the restored tree must be stopped before its CUDA processes are restored")]
+    NotStopped {
+        /// The CUDA process.
+        pid: i32,
+        /// The thread that still runs.
+        tid: i32,
+        /// Its state letter in /proc (`R`, `S`, ...).
+        state: char,
+    },
+    /// Letting a restore thread run alone (ptrace) failed.
+    #[error("pid {pid}: restore thread {tid}: {op}: {source}")]
+    Ptrace {
+        /// The CUDA process.
+        pid: i32,
+        /// Its restore thread.
+        tid: i32,
+        /// The ptrace request or wait that failed.
+        op: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
     /// A step failed and putting the processes back failed too: some are not as they were.
     #[error("{cause}; putting the processes back failed too: {}", list(failures))]
     RollbackFailed {
@@ -94,7 +116,9 @@ impl GpuError {
             GpuError::Call { pid, .. }
             | GpuError::LockTimeout { pid, .. }
             | GpuError::Unrecoverable { pid, .. }
-            | GpuError::Proc { pid, .. } => Some(*pid),
+            | GpuError::Proc { pid, .. }
+            | GpuError::NotStopped { pid, .. }
+            | GpuError::Ptrace { pid, .. } => Some(*pid),
             GpuError::RollbackFailed { cause, .. } => cause.pid(),
             _ => None,
         }

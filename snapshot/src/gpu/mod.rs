@@ -10,6 +10,8 @@
 //! - [`memory`], [`MemoryDriver`], a simulated driver for unit tests;
 //! - [`discover`], which processes of a tree use CUDA;
 //! - [`checkpoint`], the orchestration over many processes, in parallel, with rollback;
+//! - [`stopped`], restoring the CUDA processes of a tree CRIU restored stopped, their restore
+//!   threads let run alone under ptrace;
 //! - [`error`], the module's error type [`GpuError`].
 //!
 //! It does not call CRIU, nor know containers (cryo-runtime ties the steps to CRIU's dump and
@@ -37,6 +39,7 @@ pub mod driver;
 pub mod error;
 pub mod ffi;
 pub mod memory;
+pub mod stopped;
 
 pub use driver::{Driver, LibCuda};
 pub use error::GpuError;
