@@ -323,13 +323,8 @@ impl CriuArgs {
     /// The flags, with CRIU at `criu` (the global `--criu`; default: $CRYO_CRIU,
     /// /var/cache/cryo/refs/bin/criu, then PATH).
     fn flags(&self, criu: Option<&Path>) -> Result<cryo_runtime::CriuFlags> {
-        let mut empty_ns = 0u32;
-        for ns in &self.empty_ns {
-            match ns.as_str() {
-                "network" | "net" => empty_ns |= libc::CLONE_NEWNET as u32,
-                other => bail!("--empty-ns {other:?}: only \"network\" is supported"),
-            }
-        }
+        let empty_ns = cryo_runtime::checkpoint::empty_ns_bits(&self.empty_ns)
+            .map_err(|e| anyhow::anyhow!("--empty-ns: {e}"))?;
         Ok(cryo_runtime::CriuFlags {
             tcp_established: self.tcp_established,
             ext_unix_sk: self.ext_unix_sk,

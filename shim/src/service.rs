@@ -160,6 +160,15 @@ fn runtime_err(what: &str, e: cryo_runtime::Error) -> ttrpc::Error {
     rpc_err(code, format!("{what}: {e}"))
 }
 
+/// Logs a request at debug level (the text form is built only when debug is on).
+fn log_request(name: &str, req: &impl protobuf::MessageFull) {
+    tracing::debug!(
+        request = name,
+        "{}",
+        protobuf::text_format::print_to_string(req)
+    );
+}
+
 /// A pid as the task API carries it (0 for none).
 fn wire_pid(pid: i32) -> u32 {
     u32::try_from(pid).unwrap_or(0)
@@ -190,15 +199,15 @@ enum Restore {
 
 /// The restore a Create asks for: a checkpoint directory, or the snapshot annotation of the
 /// bundle's config.json.
-fn restore_source(req: &CreateTaskRequest, bundle: &Path) -> RpcResult<Option<Restore>> {
+fn restore_source(
+    req: &CreateTaskRequest,
+    bundle: &Path,
+    spec: &serde_json::Value,
+) -> RpcResult<Option<Restore>> {
     if !req.checkpoint.is_empty() {
         return Ok(Some(Restore::Image(PathBuf::from(&req.checkpoint))));
     }
     let config = bundle.join("config.json");
-    let spec: serde_json::Value = std::fs::read(&config)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
     let annotation = |k: &str| spec.get("annotations").and_then(|a| a.get(k)).cloned();
     let Some(name) = annotation(SNAPSHOT_ANNOTATION) else {
         return Ok(None);
@@ -229,12 +238,16 @@ fn restore_source(req: &CreateTaskRequest, bundle: &Path) -> RpcResult<Option<Re
     Ok(Some(Restore::Snapshot { name, lazy }))
 }
 
-/// Whether the bundle's spec gives the container a new pid namespace (one without a path).
-fn has_own_pid_ns(bundle: &Path) -> bool {
-    let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
+/// The bundle's config.json as JSON (null when unreadable: the runtime reports that).
+fn bundle_spec(bundle: &Path) -> serde_json::Value {
+    std::fs::read(bundle.join("config.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Whether the spec gives the container a new pid namespace (one without a path).
+fn has_own_pid_ns(spec: &serde_json::Value) -> bool {
     spec.pointer("/linux/namespaces")
         .and_then(|n| n.as_array())
         .is_some_and(|ns| {
@@ -413,7 +426,8 @@ impl Service {
                 ));
             }
         };
-        let restore = match restore_source(req, &bundle) {
+        let spec = bundle_spec(&bundle);
+        let restore = match restore_source(req, &bundle, &spec) {
             Ok(r) => r,
             Err(e) => {
                 undo_mount();
@@ -464,7 +478,7 @@ impl Service {
         });
         let c = Arc::new(Container {
             id: id.clone(),
-            own_pid_ns: has_own_pid_ns(&bundle),
+            own_pid_ns: has_own_pid_ns(&spec),
             bundle,
             rt,
             settings,
@@ -597,11 +611,7 @@ fn signal(n: u32) -> RpcResult<Signal> {
 
 impl Task for Service {
     fn state(&self, _: &TtrpcContext, req: StateRequest) -> RpcResult<StateResponse> {
-        tracing::debug!(
-            request = "state",
-            "{}",
-            protobuf::text_format::print_to_string(&req)
-        );
+        log_request("state", &req);
         let c = self.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
         let (pid, started, exited) = {
@@ -639,11 +649,7 @@ impl Task for Service {
     }
 
     fn create(&self, _: &TtrpcContext, req: CreateTaskRequest) -> RpcResult<CreateTaskResponse> {
-        tracing::debug!(
-            request = "create",
-            "{}",
-            protobuf::text_format::print_to_string(&req)
-        );
+        log_request("create", &req);
         let c = self.create_container(&req)?;
         if c.restore.is_none() {
             self.watch_oom(&c);
@@ -672,11 +678,7 @@ impl Task for Service {
     }
 
     fn start(&self, _: &TtrpcContext, req: StartRequest) -> RpcResult<StartResponse> {
-        tracing::debug!(
-            request = "start",
-            "{}",
-            protobuf::text_format::print_to_string(&req)
-        );
+        log_request("start", &req);
         let c = self.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
         if p.state().started {
@@ -733,11 +735,7 @@ impl Task for Service {
     }
 
     fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> RpcResult<DeleteResponse> {
-        tracing::debug!(
-            request = "delete",
-            "{}",
-            protobuf::text_format::print_to_string(&req)
-        );
+        log_request("delete", &req);
         let c = self.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
         let (pid, started, exited) = {
@@ -802,11 +800,7 @@ impl Task for Service {
     }
 
     fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> RpcResult<PidsResponse> {
-        tracing::debug!(
-            request = "pids",
-            "{}",
-            protobuf::text_format::print_to_string(&req)
-        );
+        log_request("pids", &req);
         let c = self.container(&req.id)?;
         let pids =
             c.rt.pids(&c.id)
@@ -844,11 +838,7 @@ impl Task for Service {
     }
 
     fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> RpcResult<Empty> {
-        tracing::debug!(
-            request = "pause",
-            "{}",
-            protobuf::text_format::print_to_string(&req)
-        );
+        log_request("pause", &req);
         let c = self.container(&req.id)?;
         c.rt.set_paused(&c.id, true)
             .map_err(|e| runtime_err(&format!("pausing {}", c.id), e))?;
@@ -860,11 +850,7 @@ impl Task for Service {
     }
 
     fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> RpcResult<Empty> {
-        tracing::debug!(
-            request = "resume",
-            "{}",
-            protobuf::text_format::print_to_string(&req)
-        );
+        log_request("resume", &req);
         let c = self.container(&req.id)?;
         c.rt.set_paused(&c.id, false)
             .map_err(|e| runtime_err(&format!("resuming {}", c.id), e))?;
@@ -876,11 +862,7 @@ impl Task for Service {
     }
 
     fn checkpoint(&self, _: &TtrpcContext, req: CheckpointTaskRequest) -> RpcResult<Empty> {
-        tracing::debug!(
-            request = "checkpoint",
-            "{}",
-            protobuf::text_format::print_to_string(&req)
-        );
+        log_request("checkpoint", &req);
         let c = self.container(&req.id)?;
         let o = match req.options.as_ref().filter(|a| !a.value.is_empty()) {
             Some(a) => RuncCheckpointOptions::parse_from_bytes(&a.value).map_err(|e| {
@@ -909,18 +891,8 @@ impl Task for Service {
                 .parse()
                 .map_err(|e| rpc_err(Code::INVALID_ARGUMENT, format!("checkpoint: {e}")))?
         };
-        let mut empty_ns = 0u32;
-        for ns in &o.empty_namespaces {
-            match ns.as_str() {
-                "network" | "net" => empty_ns |= libc::CLONE_NEWNET as u32,
-                other => {
-                    return Err(rpc_err(
-                        Code::INVALID_ARGUMENT,
-                        format!("checkpoint: empty namespace {other:?}: only network is supported"),
-                    ))
-                }
-            }
-        }
+        let empty_ns = cryo_runtime::checkpoint::empty_ns_bits(&o.empty_namespaces)
+            .map_err(|e| rpc_err(Code::INVALID_ARGUMENT, format!("checkpoint: {e}")))?;
         let snapshot = image
             .strip_prefix(SNAPSHOT_IMAGE_PREFIX)
             .map(String::from)
@@ -960,11 +932,7 @@ impl Task for Service {
     }
 
     fn kill(&self, _: &TtrpcContext, req: KillRequest) -> RpcResult<Empty> {
-        tracing::debug!(
-            request = "kill",
-            "{}",
-            protobuf::text_format::print_to_string(&req)
-        );
+        log_request("kill", &req);
         let c = self.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
         let sig = signal(req.signal)?;
@@ -996,11 +964,7 @@ impl Task for Service {
     }
 
     fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> RpcResult<Empty> {
-        tracing::debug!(
-            request = "exec",
-            "{}",
-            protobuf::text_format::print_to_string(&req)
-        );
+        log_request("exec", &req);
         let c = self.container(&req.id)?;
         if c.init.state().exit.is_some() {
             return Err(rpc_err(
@@ -1067,11 +1031,7 @@ impl Task for Service {
     }
 
     fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> RpcResult<Empty> {
-        tracing::debug!(
-            request = "resize_pty",
-            "{}",
-            protobuf::text_format::print_to_string(&req)
-        );
+        log_request("resize_pty", &req);
         let c = self.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
         let (w, h) = (
@@ -1085,11 +1045,7 @@ impl Task for Service {
     }
 
     fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> RpcResult<Empty> {
-        tracing::debug!(
-            request = "close_io",
-            "{}",
-            protobuf::text_format::print_to_string(&req)
-        );
+        log_request("close_io", &req);
         let c = self.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
         if req.stdin {
@@ -1099,11 +1055,7 @@ impl Task for Service {
     }
 
     fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> RpcResult<Empty> {
-        tracing::debug!(
-            request = "update",
-            "{}",
-            protobuf::text_format::print_to_string(&req)
-        );
+        log_request("update", &req);
         let c = self.container(&req.id)?;
         let Some(a) = req.resources.as_ref() else {
             return Err(rpc_err(Code::INVALID_ARGUMENT, "update: no resources"));
@@ -1121,11 +1073,7 @@ impl Task for Service {
     }
 
     fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> RpcResult<WaitResponse> {
-        tracing::debug!(
-            request = "wait",
-            "{}",
-            protobuf::text_format::print_to_string(&req)
-        );
+        log_request("wait", &req);
         let c = self.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
         let (status, at) = p.wait();
@@ -1137,11 +1085,7 @@ impl Task for Service {
     }
 
     fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> RpcResult<StatsResponse> {
-        tracing::debug!(
-            request = "stats",
-            "{}",
-            protobuf::text_format::print_to_string(&req)
-        );
+        log_request("stats", &req);
         let c = self.container(&req.id)?;
         let s =
             c.rt.stats(&c.id)
@@ -1160,11 +1104,7 @@ impl Task for Service {
     }
 
     fn connect(&self, _: &TtrpcContext, req: ConnectRequest) -> RpcResult<ConnectResponse> {
-        tracing::debug!(
-            request = "connect",
-            "{}",
-            protobuf::text_format::print_to_string(&req)
-        );
+        log_request("connect", &req);
         let task_pid = self
             .container(&req.id)
             .map(|c| wire_pid(c.init.state().pid))
@@ -1326,7 +1266,7 @@ mod tests {
     fn the_snapshot_annotation_asks_for_a_lazy_restore() {
         let req = CreateTaskRequest::default();
         let d = bundle_with(serde_json::json!({ SNAPSHOT_ANNOTATION: "model:warm" }));
-        match restore_source(&req, d.path()).unwrap() {
+        match restore_source(&req, d.path(), &bundle_spec(d.path())).unwrap() {
             Some(Restore::Snapshot { name, lazy }) => {
                 assert_eq!(name, "model:warm");
                 assert!(lazy);
@@ -1337,23 +1277,29 @@ mod tests {
             SNAPSHOT_ANNOTATION: "m", SNAPSHOT_LAZY_ANNOTATION: "false"
         }));
         assert!(matches!(
-            restore_source(&req, d.path()).unwrap(),
+            restore_source(&req, d.path(), &bundle_spec(d.path())).unwrap(),
             Some(Restore::Snapshot { lazy: false, .. })
         ));
         let d = bundle_with(serde_json::json!({}));
-        assert!(restore_source(&req, d.path()).unwrap().is_none());
+        assert!(restore_source(&req, d.path(), &bundle_spec(d.path()))
+            .unwrap()
+            .is_none());
     }
 
     #[test]
     fn bad_annotations_name_the_key() {
         let req = CreateTaskRequest::default();
         let d = bundle_with(serde_json::json!({ SNAPSHOT_ANNOTATION: "" }));
-        let e = restore_source(&req, d.path()).unwrap_err().to_string();
+        let e = restore_source(&req, d.path(), &bundle_spec(d.path()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(SNAPSHOT_ANNOTATION), "{e}");
         let d = bundle_with(serde_json::json!({
             SNAPSHOT_ANNOTATION: "m", SNAPSHOT_LAZY_ANNOTATION: "maybe"
         }));
-        let e = restore_source(&req, d.path()).unwrap_err().to_string();
+        let e = restore_source(&req, d.path(), &bundle_spec(d.path()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(SNAPSHOT_LAZY_ANNOTATION), "{e}");
     }
 
@@ -1365,11 +1311,11 @@ mod tests {
             std::fs::write(d.path().join("config.json"), spec.to_string()).unwrap();
         };
         write(serde_json::json!([{ "type": "pid" }, { "type": "mount" }]));
-        assert!(has_own_pid_ns(d.path()));
+        assert!(has_own_pid_ns(&bundle_spec(d.path())));
         write(serde_json::json!([{ "type": "pid", "path": "/proc/1/ns/pid" }]));
-        assert!(!has_own_pid_ns(d.path()));
+        assert!(!has_own_pid_ns(&bundle_spec(d.path())));
         write(serde_json::json!([{ "type": "mount" }]));
-        assert!(!has_own_pid_ns(d.path()));
+        assert!(!has_own_pid_ns(&bundle_spec(d.path())));
     }
 
     #[test]
@@ -1380,7 +1326,7 @@ mod tests {
         };
         let d = bundle_with(serde_json::json!({ SNAPSHOT_ANNOTATION: "m" }));
         assert!(matches!(
-            restore_source(&req, d.path()).unwrap(),
+            restore_source(&req, d.path(), &bundle_spec(d.path())).unwrap(),
             Some(Restore::Image(p)) if p == Path::new("/tmp/ck")
         ));
     }

@@ -167,6 +167,18 @@ pub(super) fn cgroup_binds(spec: &Spec, pid: i32) -> Result<Vec<(String, String)
 /// The key under which a container's own, bare network namespace is external to CRIU.
 const BARE_NETNS_KEY: &str = "cryoBareNetNS";
 
+/// Whether the container gets a network namespace of its own (one without a path).
+fn creates_netns(spec: &Spec) -> bool {
+    let list = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_deref())
+        .unwrap_or(&[]);
+    crate::namespaces::NamespacePlan::from_spec(list)
+        .create
+        .contains(&oci_spec::runtime::LinuxNamespaceType::Network)
+}
+
 /// Whether the container's network namespace is one cryo created and nothing can have
 /// configured: new (no path), no hooks (CNI runs from hooks), no `net.*` sysctls, no
 /// CAP_NET_ADMIN in the init's bounding set, and only `lo` in it. Such a namespace holds
@@ -174,13 +186,9 @@ const BARE_NETNS_KEY: &str = "cryoBareNetNS";
 /// CRIU an `ip`/`iptables-save` run per table at a dump and an `ip`/`iptables-restore` run
 /// per table at a restore (about 20 ms each way here).
 fn bare_netns(spec: &Spec, pid: i32) -> bool {
-    use oci_spec::runtime::{Capability, LinuxNamespaceType as T};
+    use oci_spec::runtime::Capability;
     let linux = spec.linux().as_ref();
-    let own = linux
-        .and_then(|l| l.namespaces().as_deref())
-        .unwrap_or(&[])
-        .iter()
-        .any(|ns| ns.typ() == T::Network && ns.path().is_none());
+    let own = creates_netns(spec);
     let hooks = spec.hooks().as_ref().is_some_and(|h| {
         [
             h.prestart(),
@@ -267,14 +275,7 @@ pub(super) fn restore_namespaces(
     use oci_spec::runtime::LinuxNamespaceType as T;
     let mut join = Vec::new();
     let mut fds = Vec::new();
-    let own_netns = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_deref())
-        .unwrap_or(&[])
-        .iter()
-        .any(|ns| ns.typ() == T::Network && ns.path().is_none());
-    if own_netns {
+    if creates_netns(spec) {
         let dir = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(images));
         let dumped = fs::read_dir(&dir)
             .io_ctx(&dir)?

@@ -72,6 +72,22 @@ impl CgroupsMode {
     }
 }
 
+/// The CLONE_NEW* bits of runc's `--empty-ns` names (only the network namespace, as runc).
+pub fn empty_ns_bits(names: &[String]) -> Result<u32> {
+    let mut bits = 0u32;
+    for ns in names {
+        match ns.as_str() {
+            "network" | "net" => bits |= libc::CLONE_NEWNET as u32,
+            other => {
+                return Err(Error::Other(format!(
+                    "empty namespace {other:?}: only \"network\" is supported"
+                )))
+            }
+        }
+    }
+    Ok(bits)
+}
+
 /// The CRIU switches shared by checkpoint and restore (runc's flags of the same names).
 #[derive(Debug, Clone, Default)]
 pub struct CriuFlags {
