@@ -22,6 +22,8 @@
 //! | `FAKECUDA_HANG_LIMIT_MS` | the caller | how long a lock without timeout waits for work that never ends (default 30000) |
 //! | `FAKECUDA_RESTORE_THREAD_TIMEOUT_MS` | the caller | how long Checkpoint and Restore wait for the process's restore thread (default 10000) |
 //! | `FAKECUDA_DEVICE_COUNT` | any process | how many devices (default 1) |
+//! | `FAKECUDA_COPY_GBPS` | the copying process | host↔device copy throughput in GB/s (default: memcpy speed) |
+//! | `FAKECUDA_COPY_FAIL` | the copying process | `dtoh:N,htod:M`: the Nth copy device→host (Mth host→device) fails with `CUDA_ERROR_ILLEGAL_ADDRESS` |
 //!
 //! Every checkpoint call appends one line to `calls.log` ([`calllog`]), so tests can check
 //! order, arguments and parallelism across processes.

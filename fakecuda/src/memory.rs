@@ -3,6 +3,12 @@
 //! calling thread ("async" ones included) after the gate ([`crate::api`]), and refuse a device
 //! range that is not inside one live allocation with `CUDA_ERROR_INVALID_VALUE`.
 //!
+//! Host↔device copies follow a small model of the bus ([`CopyModel`]), from the environment:
+//! `FAKECUDA_COPY_GBPS` caps their throughput (the copy then takes as long as a DMA of that
+//! speed, sleeping rather than spinning, as a DMA leaves the CPU free), and
+//! `FAKECUDA_COPY_FAIL=dtoh:N,htod:M` makes the Nth copy device→host (the Mth host→device)
+//! fail with `CUDA_ERROR_ILLEGAL_ADDRESS` (a GPU fault mid-transfer).
+//!
 //! Pointer arguments follow cuda.h's contract, as in [`crate::api`].
 
 // The C API: each function's safety contract is cuda.h's.
@@ -11,6 +17,9 @@
 use std::alloc::Layout;
 use std::collections::HashMap;
 use std::ffi::{c_uint, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::api::{
     check_range, code, gate, lock, publish_stats, put, with_device, CUdeviceptr, CUstream,
@@ -100,6 +109,69 @@ pub unsafe extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
     }
 }
 
+/// A host↔device copy's direction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    HtoD,
+    DtoH,
+}
+
+/// The bus model of host↔device copies, read once per process.
+struct CopyModel {
+    /// Bytes per second; `None` for as fast as memcpy.
+    rate: Option<f64>,
+    /// The copies (direction, 1-based count) that fail.
+    fail: Vec<(Dir, u64)>,
+    counts: [AtomicU64; 2],
+}
+
+fn copy_model() -> &'static CopyModel {
+    static MODEL: OnceLock<CopyModel> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let rate = std::env::var("FAKECUDA_COPY_GBPS")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|g| *g > 0.0)
+            .map(|g| g * 1e9);
+        let fail = std::env::var("FAKECUDA_COPY_FAIL")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|f| {
+                let (dir, n) = f.split_once(':')?;
+                let dir = match dir {
+                    "htod" => Dir::HtoD,
+                    "dtoh" => Dir::DtoH,
+                    _ => return None,
+                };
+                Some((dir, n.parse().ok()?))
+            })
+            .collect();
+        CopyModel {
+            rate,
+            fail,
+            counts: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    })
+}
+
+/// Runs one host↔device copy of `n` bytes under the bus model.
+fn modelled_copy(dir: Dir, n: usize, copy: impl FnOnce()) -> CUresult {
+    let model = copy_model();
+    let count = model.counts[usize::from(dir == Dir::DtoH)].fetch_add(1, Ordering::Relaxed) + 1;
+    if model.fail.contains(&(dir, count)) {
+        return r::CUDA_ERROR_ILLEGAL_ADDRESS;
+    }
+    let start = Instant::now();
+    copy();
+    if let Some(rate) = model.rate {
+        let want = Duration::from_secs_f64(n as f64 / rate);
+        if let Some(left) = want.checked_sub(start.elapsed()) {
+            std::thread::sleep(left);
+        }
+    }
+    r::CUDA_SUCCESS
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyHtoD_v2(
     dst: CUdeviceptr,
@@ -112,10 +184,11 @@ pub unsafe extern "C" fn cuMemcpyHtoD_v2(
     if n > 0 && src.is_null() {
         return r::CUDA_ERROR_INVALID_VALUE;
     }
-    // SAFETY: the device range is inside a live allocation (checked), the host range is the
-    // caller's by the cuda.h contract; distinct memory.
-    unsafe { std::ptr::copy_nonoverlapping(src.cast::<u8>(), dst as *mut u8, n) };
-    r::CUDA_SUCCESS
+    modelled_copy(Dir::HtoD, n, || {
+        // SAFETY: the device range is inside a live allocation (checked), the host range is
+        // the caller's by the cuda.h contract; distinct memory.
+        unsafe { std::ptr::copy_nonoverlapping(src.cast::<u8>(), dst as *mut u8, n) };
+    })
 }
 
 #[no_mangle]
@@ -126,9 +199,10 @@ pub unsafe extern "C" fn cuMemcpyDtoH_v2(dst: *mut c_void, src: CUdeviceptr, n: 
     if n > 0 && dst.is_null() {
         return r::CUDA_ERROR_INVALID_VALUE;
     }
-    // SAFETY: as in cuMemcpyHtoD_v2, the other way.
-    unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.cast::<u8>(), n) };
-    r::CUDA_SUCCESS
+    modelled_copy(Dir::DtoH, n, || {
+        // SAFETY: as in cuMemcpyHtoD_v2, the other way.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.cast::<u8>(), n) };
+    })
 }
 
 #[no_mangle]

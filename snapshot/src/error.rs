@@ -133,6 +133,16 @@ pub enum Error {
         /// The rule broken.
         reason: String,
     },
+    /// A device-buffer save or load that cannot be done as asked, or a snapshot's buffer index
+    /// that is not as it should be (`gpu::buffers`).
+    #[error("{context}: {reason}")]
+    DeviceBuffers {
+        /// The buffer (`device buffer "NAME"`), the index (`snapshot ID: gpu-buffers.json`) or
+        /// the options involved.
+        context: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The snapshot is pinned by a reader (a restore in progress) and cannot be removed.
     #[error("snapshot {snapshot}: in use by a restore in progress (pid {pid})")]
     InUse {

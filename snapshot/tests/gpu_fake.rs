@@ -145,6 +145,13 @@ fn helper_cuda_process() {
 fn run_helper(mode: &str) -> Result<(), String> {
     use cudarc::driver::CudaContext;
 
+    if mode.starts_with("buffers") || mode == "nodriver" {
+        match run_buffers_helper(mode) {
+            Ok(reply) => eprintln!("{MARK}{reply}"),
+            Err(e) => eprintln!("{MARK}error {e}"),
+        }
+        return Ok(());
+    }
     if mode == "soname" {
         let d = LibCuda::open_default().map_err(|e| e.to_string())?;
         eprintln!("{MARK}soname {} {}", d.library(), d.version());
@@ -188,6 +195,252 @@ fn run_helper(mode: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+// ---- device-buffer snapshots, in a helper process ----
+
+/// The buffers the `buffers*` modes save: random-looking, all zero, repetitive, and a typed
+/// one; none a whole number of pages.
+struct HostBuffers {
+    a: Vec<u8>,
+    zeros: usize,
+    c: Vec<u8>,
+    weights: Vec<f32>,
+}
+
+fn host_buffers() -> HostBuffers {
+    HostBuffers {
+        a: pattern(7, (5 << 20) + 123),
+        zeros: (3 << 20) + 5,
+        c: (0..40_000u32).map(|i| (i % 7).to_le_bytes()[0]).collect(),
+        weights: (0..=u16::MAX)
+            .cycle()
+            .take(300_001)
+            .map(|i| f32::from(i) * 0.5)
+            .collect(),
+    }
+}
+
+/// Modes `buffers`, `buffers-errors` and `nodriver`: device-buffer snapshots
+/// (`gpu::buffers`) through cudarc on the fake, into the store `CRYO_BUFFERS_STORE`; the
+/// reply is `ok ...`, or what went wrong.
+fn run_buffers_helper(mode: &str) -> Result<String, String> {
+    use cryo_snapshot::gpu::buffers::cudarc::driver::{DevicePtr, DevicePtrMut};
+    use cryo_snapshot::gpu::buffers::{self, PipelineOptions, Progress};
+    use std::sync::Mutex;
+
+    if mode == "nodriver" {
+        return match buffers::open_device(0, None) {
+            Ok(_) => Ok("skipped: a CUDA driver is installed on this machine".into()),
+            Err(e @ GpuError::NoDriver { .. }) => Ok(format!("ok {e}")),
+            Err(e) => Err(format!("not a NoDriver error: {e}")),
+        };
+    }
+    let s = |e: cryo_snapshot::Error| e.to_string();
+    let err = |e: cudarc::driver::DriverError| format!("{e:?}");
+    let store = cryo_snapshot::Store::open(
+        std::env::var("CRYO_BUFFERS_STORE").map_err(|e| format!("CRYO_BUFFERS_STORE: {e}"))?,
+    )
+    .map_err(s)?;
+    let lib = std::env::var_os("CRYO_BUFFERS_LIBCUDA").map(PathBuf::from);
+    let ctx = buffers::open_device(0, lib.as_deref()).map_err(|e| e.to_string())?;
+    let stream = ctx.default_stream();
+    let host = host_buffers();
+    let a = stream.clone_htod(&host.a).map_err(err)?;
+    let z = stream.alloc_zeros::<u8>(host.zeros).map_err(err)?;
+    let c = stream.clone_htod(&host.c).map_err(err)?;
+    let w = stream.clone_htod(&host.weights).map_err(err)?;
+    // SAFETY: any bytes are valid u8s; the view covers exactly the f32s' bytes.
+    let w_bytes = unsafe { w.transmute::<u8>(host.weights.len() * 4) }.ok_or("transmute")?;
+    let list: [(&str, &dyn DevicePtr<u8>); 4] =
+        [("a", &a), ("zeros", &z), ("c", &c), ("weights", &w_bytes)];
+    let weights_bytes: Vec<u8> = host.weights.iter().flat_map(|f| f.to_le_bytes()).collect();
+    let expected: [(&str, Vec<u8>); 4] = [
+        ("a", host.a.clone()),
+        ("zeros", vec![0; host.zeros]),
+        ("c", host.c.clone()),
+        ("weights", weights_bytes),
+    ];
+    let opts = PipelineOptions {
+        slot_bytes: 1 << 20,
+        slots: 3,
+        streams: 2,
+    };
+    let quiet = |_: Progress| {};
+    let same = |what: &str, got: &[u8], want: &[u8]| -> Result<(), String> {
+        if got.len() != want.len() {
+            return Err(format!(
+                "{what}: {} bytes, expected {}",
+                got.len(),
+                want.len()
+            ));
+        }
+        match got.iter().zip(want).position(|(x, y)| x != y) {
+            Some(i) => Err(format!("{what}: differs at byte {i}")),
+            None => Ok(()),
+        }
+    };
+    let total: usize = expected.iter().map(|(_, b)| b.len()).sum();
+    if mode == "buffers" {
+        let seen = Mutex::new(Vec::new());
+        let saved = buffers::save(&store, Some("bufs:v1"), &stream, &list, &opts, &|p| {
+            seen.lock().unwrap().push(p);
+        })
+        .map_err(s)?;
+        let seen = seen.into_inner().unwrap();
+        let pieces: usize = expected
+            .iter()
+            .map(|(_, b)| b.len().div_ceil(1 << 20))
+            .sum();
+        if seen.len() != pieces
+            || seen.windows(2).any(|p| p[1].done <= p[0].done)
+            || seen.last().map(|p| (p.done, p.total)) != Some((total as u64, total as u64))
+        {
+            return Err(format!(
+                "progress {seen:?}: expected {pieces} rising reports up to {total}"
+            ));
+        }
+        if saved.bytes != total as u64 || saved.write.zero_bytes < host.zeros as u64 / 4096 * 4096 {
+            return Err(format!(
+                "saved {saved:?}: expected {total} bytes, the zero buffer as holes"
+            ));
+        }
+        let reader = store.reader("bufs:v1").map_err(s)?;
+        let (loaded, report) = buffers::load(&reader, &stream, &opts, &quiet).map_err(s)?;
+        if report.bytes != total as u64 || loaded.len() != expected.len() {
+            return Err(format!("loaded {} buffers, {report:?}", loaded.len()));
+        }
+        for ((name, slice), (want_name, want)) in loaded.iter().zip(&expected) {
+            if name != want_name {
+                return Err(format!("loaded {name} where {want_name} was saved"));
+            }
+            same(name, &stream.clone_dtoh(slice).map_err(err)?, want)?;
+        }
+        // Into a buffer of the caller's, a subset of the snapshot.
+        let mut target = stream.alloc_zeros::<u8>(host.c.len()).map_err(err)?;
+        buffers::load_into(
+            &reader,
+            &stream,
+            &mut [("c", &mut target as &mut dyn DevicePtrMut<u8>)],
+            &opts,
+            &quiet,
+        )
+        .map_err(s)?;
+        same(
+            "c loaded into",
+            &stream.clone_dtoh(&target).map_err(err)?,
+            &host.c,
+        )?;
+        // Unchanged buffers saved again add no chunk.
+        let again =
+            buffers::save(&store, Some("bufs:v2"), &stream, &list, &opts, &quiet).map_err(s)?;
+        if again.write.new_chunks != 0 {
+            return Err(format!("the second save wrote {:?}", again.write));
+        }
+        return Ok(format!(
+            "ok pieces={pieces} overlap={:.2}",
+            saved.stages.overlap()
+        ));
+    }
+    // "buffers-errors", with FAKECUDA_COPY_FAIL=dtoh:2,htod:6: the first save meets the fault
+    // at its second copy; the sixth copy to the device is the second piece of the load below
+    // (the four clone_htod above are the first four).
+    let refused = |what: &str, r: Result<String, String>, wants: &[&str]| -> Result<(), String> {
+        match r {
+            Ok(ok) => Err(format!("{what}: succeeded ({ok})")),
+            Err(e) if wants.iter().all(|w| e.contains(w)) => Ok(()),
+            Err(e) => Err(format!("{what}: {e}: expected it to say {wants:?}")),
+        }
+    };
+    let faulty = buffers::save(&store, Some("bufs:bad"), &stream, &list, &opts, &quiet);
+    refused(
+        "a save meeting a GPU fault",
+        faulty.map(|r| r.id.to_string()).map_err(s),
+        &["CUDA_ERROR_ILLEGAL_ADDRESS", "buffer \"a\"", "to the host"],
+    )?;
+    if store.resolve("bufs:bad").is_ok() {
+        return Err("a failed save committed bufs:bad".into());
+    }
+    let saved =
+        buffers::save(&store, Some("bufs:good"), &stream, &list, &opts, &quiet).map_err(s)?;
+    let reader = store.reader("bufs:good").map_err(s)?;
+    let faulty = buffers::load(&reader, &stream, &opts, &quiet);
+    refused(
+        "a load meeting a GPU fault",
+        faulty
+            .map(|(b, _)| format!("{} buffers", b.len()))
+            .map_err(s),
+        &["CUDA_ERROR_ILLEGAL_ADDRESS", "to the device"],
+    )?;
+    let dup: [(&str, &dyn DevicePtr<u8>); 2] = [("a", &a), ("a", &c)];
+    refused(
+        "a name given twice",
+        buffers::save(&store, None, &stream, &dup, &opts, &quiet)
+            .map(|r| r.id.to_string())
+            .map_err(s),
+        &["\"a\" named twice"],
+    )?;
+    let mut short = stream.alloc_zeros::<u8>(host.c.len() - 1).map_err(err)?;
+    refused(
+        "a target of the wrong length",
+        buffers::load_into(
+            &reader,
+            &stream,
+            &mut [("c", &mut short as &mut dyn DevicePtrMut<u8>)],
+            &opts,
+            &quiet,
+        )
+        .map(|r| format!("{r:?}"))
+        .map_err(s),
+        &["device buffer \"c\"", "39999", "40000"],
+    )?;
+    refused(
+        "a name the snapshot lacks",
+        buffers::load_into(
+            &reader,
+            &stream,
+            &mut [("nope", &mut short as &mut dyn DevicePtrMut<u8>)],
+            &opts,
+            &quiet,
+        )
+        .map(|r| format!("{r:?}"))
+        .map_err(s),
+        &["nope", "holds no buffer of that name"],
+    )?;
+    let mut plain = store.writer().map_err(s)?;
+    plain.add_blob("notes", b"no buffers here").map_err(s)?;
+    plain.commit(Some("plain")).map_err(s)?;
+    refused(
+        "a snapshot without buffers",
+        buffers::load(&store.reader("plain").map_err(s)?, &stream, &opts, &quiet)
+            .map(|(b, _)| format!("{} buffers", b.len()))
+            .map_err(s),
+        &["gpu-buffers.json", "holds no device buffers"],
+    )?;
+    // A flipped byte in a chunk of buffer "a": refused, naming the chunk.
+    let manifest = reader.manifest();
+    let obj = manifest
+        .object_index("gpu-buffer:a")
+        .ok_or("no object for a")?;
+    let extent = manifest.object_extents(obj)[1];
+    let path = store.chunk_path(&extent.chunk);
+    let mut bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&path, bytes).map_err(|e| e.to_string())?;
+    refused(
+        "a corrupt chunk",
+        buffers::load(
+            &store.reader("bufs:good").map_err(s)?,
+            &stream,
+            &opts,
+            &quiet,
+        )
+        .map(|(b, _)| format!("{} buffers", b.len()))
+        .map_err(s),
+        &[&extent.chunk.to_string()],
+    )?;
+    Ok(format!("ok {}", saved.id))
 }
 
 /// A helper process seen from the test.
@@ -673,6 +926,87 @@ fn gpu_pairs_reach_the_driver() {
     let log = log_for(fx, [&h]);
     let details: Vec<&str> = calls(&log, "Restore").map(|e| e.detail.as_str()).collect();
     assert_eq!(details, ["gpu_pairs=invalid", "gpu_pairs=1"]);
+}
+
+/// A store for one test, under the fixture's state directory.
+fn buffer_store(fx: &Fixture, name: &str) -> PathBuf {
+    let dir = fx.state.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn spawn_buffers(fx: &Fixture, mode: &str, store: &Path, env: &[(&str, &str)]) -> Helper {
+    let lib = fx.lib_dir.join("libcuda.so.1");
+    let mut all = vec![
+        ("CRYO_BUFFERS_STORE", store.to_str().unwrap()),
+        ("CRYO_BUFFERS_LIBCUDA", lib.to_str().unwrap()),
+    ];
+    all.extend_from_slice(env);
+    let owned: Vec<(String, String)> = all
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect();
+    let refs: Vec<(&str, &str)> = owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    Helper::spawn(fx, mode, &refs)
+}
+
+#[test]
+fn device_buffers_round_trip_through_the_store() {
+    let Some(fx) = fixture() else { return };
+    let dir = buffer_store(fx, "buffers-round-trip");
+    let mut h = spawn_buffers(fx, "buffers", &dir, &[("FAKECUDA_COPY_GBPS", "2")]);
+    let reply = h.answer(Duration::from_secs(180));
+    assert!(reply.starts_with("ok "), "{reply}: {:?}", h.seen);
+    // Seen from outside: two snapshots of the same chunks, each verified whole.
+    let store = cryo_snapshot::Store::open(&dir).unwrap();
+    for name in ["bufs:v1", "bufs:v2"] {
+        let report = store.verify(name).unwrap();
+        assert!(
+            report.failures.is_empty() && report.chunks > 0,
+            "{name}: {report:?}"
+        );
+    }
+    let info = store.inspect("bufs:v1").unwrap();
+    let objects: Vec<&str> = info.objects.iter().map(|o| o.name.as_str()).collect();
+    assert!(objects.contains(&"gpu-buffer:weights"), "{objects:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn device_buffer_errors_name_what_is_wrong_and_commit_nothing() {
+    let Some(fx) = fixture() else { return };
+    let dir = buffer_store(fx, "buffers-errors");
+    let mut h = spawn_buffers(
+        fx,
+        "buffers-errors",
+        &dir,
+        &[("FAKECUDA_COPY_FAIL", "dtoh:2,htod:6")],
+    );
+    let reply = h.answer(Duration::from_secs(180));
+    assert!(reply.starts_with("ok "), "{reply}: {:?}", h.seen);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn device_buffers_without_a_driver_are_a_clear_error() {
+    let Some(fx) = fixture() else { return };
+    let empty = fx.state.join("no-libcuda");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut h = Helper::start(
+        "nodriver",
+        [("LD_LIBRARY_PATH", empty.as_os_str())].into_iter(),
+        None,
+    );
+    let reply = h.answer(ANSWER);
+    if let Some(why) = reply.strip_prefix("skipped: ") {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    assert!(reply.starts_with("ok no CUDA driver"), "{reply}");
+    assert!(reply.contains("none of cudarc's names loads"), "{reply}");
 }
 
 #[test]

@@ -25,6 +25,23 @@ pub enum GpuError {
         /// The first missing function.
         symbol: &'static str,
     },
+    /// The driver lacks a function the device-buffer path calls (see
+    /// `gpu::buffers::REQUIRED_SYMBOLS`).
+    #[error("{library}: the CUDA driver has no {symbol}, which device-buffer snapshots call")]
+    MissingFunction {
+        /// The library cudarc loads.
+        library: String,
+        /// The first missing function.
+        symbol: &'static str,
+    },
+    /// A CUDA call of the device-buffer path failed: a copy, an allocation, a stream.
+    #[error("{what}: {result}")]
+    Cuda {
+        /// What was being done, with the buffer and offset involved.
+        what: String,
+        /// What the driver returned.
+        result: CuResult,
+    },
     /// A driver-wide call (`cuInit`, `cuDriverGetVersion`) failed.
     #[error("{call}: {result}")]
     Driver {
@@ -127,7 +144,9 @@ impl GpuError {
     /// The driver's result behind the error, if the driver returned one.
     pub fn result(&self) -> Option<CuResult> {
         match self {
-            GpuError::Driver { result, .. } | GpuError::Call { result, .. } => Some(*result),
+            GpuError::Driver { result, .. }
+            | GpuError::Call { result, .. }
+            | GpuError::Cuda { result, .. } => Some(*result),
             GpuError::LockTimeout { .. } => Some(CuResult::NOT_READY),
             GpuError::RollbackFailed { cause, .. } => cause.result(),
             _ => None,

@@ -12,10 +12,12 @@
 //! - [`checkpoint`], the orchestration over many processes, in parallel, with rollback;
 //! - [`stopped`], restoring the CUDA processes of a tree CRIU restored stopped, their restore
 //!   threads let run alone under ptrace;
+//! - [`buffers`], device-buffer snapshots for embedders: device buffers saved into the store
+//!   and loaded back through cudarc, pipelined;
 //! - [`error`], the module's error type [`GpuError`].
 //!
 //! It does not call CRIU, nor know containers (cryo-runtime ties the steps to CRIU's dump and
-//! restore), nor snapshot device buffers through cudarc. The fake driver that tests load
+//! restore). The fake driver that tests load
 //! through [`LibCuda`] is the `cryo-fakecuda` crate.
 //!
 //! ```no_run
@@ -33,6 +35,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod buffers;
 pub mod checkpoint;
 pub mod discover;
 pub mod driver;
