@@ -7,12 +7,15 @@
 //! Scenarios: `lifecycle` (create/start/wait/delete of /bin/true), `checkpoint` (checkpoint
 //! and restore-until-answer of a python workload, runc + CRIU against cryo), `shim`
 //! (containerd's runc shim against cryo's, through one private containerd) and `store` (cryo's
-//! snapshot store against the zstd and lz4 CLIs on one memory-like image).
+//! snapshot store against the zstd and lz4 CLIs on one memory-like image) and `gpu`
+//! (device-buffer snapshots against pinned copies over the same bus, on a GPU or the fake
+//! driver).
 //! The container scenarios need root; `store` and the criterion micro-benchmarks
 //! (`cargo bench`) don't.
 
 mod checkpoint;
 mod containerd;
+mod gpu;
 mod lifecycle;
 mod plot;
 mod report;
@@ -150,6 +153,49 @@ enum Scenario {
         /// The batches the store receives the image in, in MiB (as from a page server).
         #[arg(long = "batch-mib", default_value_t = 4)]
         batch_mib: usize,
+    },
+    /// Device-buffer snapshots (cryo-snapshot's gpu::buffers): device memory saved into a
+    /// store and loaded back, against pinned copies over the same bus in the same round. On
+    /// the system's GPU, or on a fake driver (--libcuda) with a modelled bus. Needs no root.
+    Gpu {
+        /// Device memory in MiB, split into --buffers buffers.
+        #[arg(long = "size-mib", default_value_t = 4096)]
+        size_mib: u64,
+        /// How many buffers (as a model's layers).
+        #[arg(long, default_value_t = 8)]
+        buffers: usize,
+        /// Measured rounds.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Unmeasured rounds first.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// A CUDA driver file to use instead of the system's, e.g. the fake
+        /// (target/release/libfakecuda.so).
+        #[arg(long)]
+        libcuda: Option<PathBuf>,
+        /// With a fake driver: the bus speed its copies model, in GB/s (25: about a PCIe 4.0
+        /// x16 pinned copy).
+        #[arg(long = "fake-gbps", default_value_t = 25.0)]
+        fake_gbps: f64,
+        /// Directory for the store (a scratch directory is made in it and removed).
+        #[arg(long, default_value = "/dev/shm/cryo-bench")]
+        dir: PathBuf,
+        /// Results directory.
+        #[arg(long, default_value = "results/gpu")]
+        out: PathBuf,
+        /// Staging slot size in MiB.
+        #[arg(long = "slot-mib", default_value_t = 16)]
+        slot_mib: usize,
+        /// Staging slots.
+        #[arg(long, default_value_t = 4)]
+        slots: usize,
+        /// Copy streams.
+        #[arg(long, default_value_t = 2)]
+        streams: usize,
+        /// The store's codec: zstdN (1–22), lz4 or none.
+        #[arg(long, default_value = "zstd3", value_parser = store::codec_arg)]
+        codec: String,
     },
 }
 
@@ -540,6 +586,33 @@ fn main() -> Result<()> {
             codec,
             chunk_kib,
             batch_mib,
+        }),
+        Scenario::Gpu {
+            size_mib,
+            buffers,
+            runs,
+            warmup,
+            libcuda,
+            fake_gbps,
+            dir,
+            out,
+            slot_mib,
+            slots,
+            streams,
+            codec,
+        } => gpu::run(&gpu::Opts {
+            size_mib,
+            buffers,
+            runs,
+            warmup,
+            libcuda,
+            fake_gbps,
+            dir,
+            out,
+            slot_mib,
+            slots,
+            streams,
+            codec,
         }),
     }
 }

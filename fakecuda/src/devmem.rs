@@ -22,6 +22,8 @@ pub const RELEASED_BYTE: u8 = 0xDB;
 struct Alloc {
     len: usize,
     map_len: usize,
+    /// Where its pages are in the file.
+    offset: libc::off_t,
 }
 
 /// The device memory of this process.
@@ -82,11 +84,19 @@ impl DevMem {
         }
         self.end = end;
         let dptr = addr as u64;
-        self.allocs.insert(dptr, Alloc { len: size, map_len });
+        self.allocs.insert(
+            dptr,
+            Alloc {
+                len: size,
+                map_len,
+                offset: off,
+            },
+        );
         Ok(dptr)
     }
 
-    /// Frees an allocation made by [`DevMem::alloc`]. Its file range is not reused.
+    /// Frees an allocation made by [`DevMem::alloc`]. Its file range is not reused, but its
+    /// pages are given back (a hole punched), so freed device memory costs no host memory.
     pub fn free(&mut self, dptr: u64) -> Result<(), CUresult> {
         let a = self
             .allocs
@@ -95,6 +105,17 @@ impl DevMem {
         // SAFETY: (dptr, map_len) is exactly a mapping made by `alloc` and not yet unmapped
         // (it was still in `allocs`).
         unsafe { libc::munmap(dptr as *mut libc::c_void, a.map_len) };
+        let len = libc::off_t::try_from(a.map_len).unwrap_or(0);
+        // SAFETY: fallocate on our own file descriptor; the range is no longer mapped. A
+        // failure only leaves the pages allocated.
+        unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                a.offset,
+                len,
+            )
+        };
         Ok(())
     }
 

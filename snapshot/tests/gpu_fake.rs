@@ -265,6 +265,7 @@ fn run_buffers_helper(mode: &str) -> Result<String, String> {
         slot_bytes: 1 << 20,
         slots: 3,
         streams: 2,
+        ..PipelineOptions::default()
     };
     let quiet = |_: Progress| {};
     let same = |what: &str, got: &[u8], want: &[u8]| -> Result<(), String> {
@@ -1108,4 +1109,31 @@ fn real_gpu_checkpoint_round_trip() {
     for h in &mut helpers {
         assert_eq!(h.verify(), "verified");
     }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU and driver: scripts/gpu-check runs it"]
+fn real_gpu_device_buffers_round_trip() {
+    if buffer_helper_driver_missing() {
+        eprintln!("skipped: no CUDA driver on this machine");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("gpu-buffers-real-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // The helper finds the system's driver as cudarc does: no fake on its library path.
+    let mut h = Helper::start(
+        "buffers",
+        [("CRYO_BUFFERS_STORE", dir.as_os_str())].into_iter(),
+        None,
+    );
+    let reply = h.answer(Duration::from_secs(300));
+    eprintln!("real GPU device buffers: {reply}");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(reply.starts_with("ok "), "{reply}: {:?}", h.seen);
+}
+
+/// Whether a helper on the system's library path finds no CUDA driver.
+fn buffer_helper_driver_missing() -> bool {
+    let mut h = Helper::start("nodriver", std::iter::empty(), None);
+    h.answer(ANSWER).starts_with("ok ")
 }

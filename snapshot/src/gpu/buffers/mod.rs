@@ -64,7 +64,7 @@ use crate::gpu::GpuError;
 use crate::store::digest::SnapshotId;
 use crate::store::manifest::PAGE_SIZE;
 use crate::store::reader::Reader;
-use crate::store::writer::WriteStats;
+use crate::store::writer::{WriteStats, WriterOptions};
 use crate::store::Store;
 
 /// The blob that indexes a snapshot's device buffers.
@@ -102,7 +102,7 @@ impl BufferMeta {
 }
 
 /// How the pipelines run.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct PipelineOptions {
     /// Bytes per staging slot, a multiple of the page size (default 16 MiB): the piece of a
     /// buffer that one copy moves.
@@ -111,6 +111,8 @@ pub struct PipelineOptions {
     pub slots: usize,
     /// Copy streams, one thread each (default 2).
     pub streams: usize,
+    /// The store writer's chunk size and codec (save only; default zstd 3, 64 KiB chunks).
+    pub writer: WriterOptions,
 }
 
 impl Default for PipelineOptions {
@@ -119,6 +121,7 @@ impl Default for PipelineOptions {
             slot_bytes: 16 << 20,
             slots: 4,
             streams: 2,
+            writer: WriterOptions::default(),
         }
     }
 }
@@ -302,7 +305,7 @@ pub fn save(
         .map(|(_, b)| b.device_ptr(stream).0)
         .collect();
     let pool = Pool::new(staging(stream, opts)?);
-    let mut writer = store.writer()?;
+    let mut writer = store.writer_with(opts.writer)?;
     writer.add_blob(INDEX_BLOB, &index_json)?;
 
     let failure = Failure::new();
