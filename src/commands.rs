@@ -349,6 +349,12 @@ pub struct GpuArgs {
     /// locked, in ms (default: $CRYO_CUDA_LOCK_TIMEOUT_MS, else 10000).
     #[arg(long = "cuda-lock-timeout", value_name = "MS")]
     cuda_lock_timeout: Option<u64>,
+    /// Restore: put the CUDA processes onto other GPUs, as OLD=NEW[,OLD=NEW...]; OLD is an
+    /// index into the GPUs the image records (cryo.json's cuda.gpus) or a UUID, NEW this
+    /// machine's GPU index or UUID (GPU-…, as nvidia-smi -L prints). Needs a CUDA 13 driver.
+    /// Default: $CRYO_CUDA_GPU_MAP, else the same GPUs.
+    #[arg(long = "cuda-gpu-map", value_name = "MAP")]
+    cuda_gpu_map: Option<cryo_snapshot::gpu::GpuMap>,
 }
 
 impl GpuArgs {
@@ -360,6 +366,9 @@ impl GpuArgs {
         }
         if let Some(ms) = self.cuda_lock_timeout {
             o.lock_timeout = std::time::Duration::from_millis(ms);
+        }
+        if let Some(m) = &self.cuda_gpu_map {
+            o.gpu_map = m.clone();
         }
         o
     }

@@ -405,6 +405,19 @@ impl Gpu {
             .collect()
     }
 
+    /// The details the fake logged for `pid`'s Restore calls (`gpu_pairs=N`).
+    fn restore_details(&self, pid: i32) -> Vec<String> {
+        let text = std::fs::read_to_string(self.state.join("calls.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f.get(2)? == &"cuCheckpointProcessRestore"
+                    && f.get(3)?.parse::<i32>().ok()? == pid)
+                    .then(|| f.get(7..).unwrap_or_default().join(" "))
+            })
+            .collect()
+    }
+
     /// `--debug --log FILE` for the next call: its debug log goes to a file of its own (not
     /// to stderr, which the restored container's stdio must find as it was).
     fn debug_log_args(&self) -> Vec<String> {
@@ -532,6 +545,13 @@ fn round_trip(gpu: &mut Gpu, via: Via) {
     ns.sort_unstable();
     assert_eq!(recorded, ns, "{meta}");
     if gpu.libcuda.is_some() {
+        // The fake's one GPU, as nvidia-smi would name it: what --cuda-gpu-map's OLD side
+        // indexes.
+        assert_eq!(
+            meta["cuda"]["gpus"],
+            serde_json::json!(["GPU-facec0da-0000-0000-0000-000000000000"]),
+            "{meta}"
+        );
         for &p in &pids {
             assert_eq!(
                 gpu.calls(p),
@@ -575,9 +595,31 @@ fn round_trip(gpu: &mut Gpu, via: Via) {
         assert!(!gpu.cryo(&["state", &rid]).status.success());
     }
 
+    // A GPU map that cannot apply here is refused before anything runs.
+    if let Some(lib) = &gpu.libcuda {
+        let rid = gpu.env.id("badmap");
+        let lib = lib.display().to_string();
+        let mut args = vec!["restore", "-d", "--libcuda", &lib, "--cuda-gpu-map", "0=3"];
+        args.extend(&where_args);
+        args.extend(["--bundle", gpu.bundle.to_str().unwrap(), &rid]);
+        let e = gpu.fails(&args);
+        assert!(
+            e.contains("GPU map: new GPU 3: this machine has 1 GPU(s): GPU-facec0da-"),
+            "{e}"
+        );
+        assert!(!gpu.cryo(&["state", &rid]).status.success());
+    }
+
     let rid = gpu.env.id("r");
     if via == Via::StoreLazy {
         where_args.push("--lazy-pages");
+    }
+    // Through the image directory, onto "another" GPU: the map's pair reaches the driver.
+    if via == Via::ImageDir && gpu.libcuda.is_some() {
+        where_args.extend([
+            "--cuda-gpu-map",
+            "GPU-facec0da-0000-0000-0000-000000000000=0",
+        ]);
     }
     let t = Instant::now();
     let o = gpu.restore(&rid, &where_args);
@@ -588,6 +630,7 @@ fn round_trip(gpu: &mut Gpu, via: Via) {
     gpu.assert_intact("after restore");
     let restored = gpu.host_pids(&rid);
     if gpu.libcuda.is_some() {
+        let pairs = if via == Via::ImageDir { 1 } else { 0 };
         for &p in &restored {
             assert_eq!(
                 gpu.calls(p),
@@ -597,6 +640,7 @@ fn round_trip(gpu: &mut Gpu, via: Via) {
                     "Unlock:CUDA_SUCCESS"
                 ]
             );
+            assert_eq!(gpu.restore_details(p), [format!("gpu_pairs={pairs}")]);
         }
     }
     gpu.env.remove(&rid);

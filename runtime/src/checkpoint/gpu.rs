@@ -22,7 +22,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cryo_snapshot::gpu::{self, Driver, GpuError, LibCuda, ProcessState};
+use cryo_snapshot::gpu::devices::{self, format_uuid, parse_uuid};
+use cryo_snapshot::gpu::{self, Driver, GpuError, GpuMap, GpuPair, LibCuda, ProcessState, Uuid};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
@@ -34,6 +35,8 @@ pub struct GpuOptions {
     pub libcuda: Option<PathBuf>,
     /// How long a lock waits for a process's GPU work in flight.
     pub lock_timeout: Duration,
+    /// Restore: which GPU each GPU of the image goes to (empty: the same GPUs).
+    pub gpu_map: GpuMap,
 }
 
 impl Default for GpuOptions {
@@ -41,12 +44,14 @@ impl Default for GpuOptions {
         GpuOptions {
             libcuda: None,
             lock_timeout: gpu::checkpoint::DEFAULT_LOCK_TIMEOUT,
+            gpu_map: GpuMap::default(),
         }
     }
 }
 
 impl GpuOptions {
-    /// `CRYO_LIBCUDA` (a path) and `CRYO_CUDA_LOCK_TIMEOUT_MS`, else the defaults.
+    /// `CRYO_LIBCUDA` (a path), `CRYO_CUDA_LOCK_TIMEOUT_MS` and `CRYO_CUDA_GPU_MAP` (as
+    /// `--cuda-gpu-map`; one that does not parse is an error at restore), else the defaults.
     pub fn from_env() -> GpuOptions {
         let mut o = GpuOptions::default();
         if let Some(p) = std::env::var_os("CRYO_LIBCUDA").filter(|p| !p.is_empty()) {
@@ -57,6 +62,12 @@ impl GpuOptions {
             .and_then(|v| v.trim().parse::<u64>().ok())
         {
             o.lock_timeout = Duration::from_millis(ms);
+        }
+        if let Ok(map) = std::env::var("CRYO_CUDA_GPU_MAP") {
+            match map.parse() {
+                Ok(m) => o.gpu_map = m,
+                Err(e) => tracing::warn!("CRYO_CUDA_GPU_MAP ignored: {e}"),
+            }
         }
         o
     }
@@ -73,6 +84,18 @@ pub struct CudaImage {
     pub pids: Vec<i32>,
     /// `cuDriverGetVersion` of the driver that checkpointed them.
     pub driver_version: i32,
+    /// The GPUs that driver saw, in ordinal order (`GPU-…` UUIDs): what `--cuda-gpu-map`'s
+    /// old side names. Empty in images that predate the record, or when the driver could not
+    /// list them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<String>,
+}
+
+impl CudaImage {
+    /// The recorded GPUs as UUIDs (entries that do not parse are left out).
+    fn gpu_uuids(&self) -> Vec<Uuid> {
+        self.gpus.iter().filter_map(|g| parse_uuid(g)).collect()
+    }
 }
 
 fn gpu_err(what: &str, e: GpuError) -> Error {
@@ -185,10 +208,20 @@ pub(super) fn checkpoint(
         ?pids,
         "CUDA processes locked and checkpointed"
     );
+    // Recorded for a restore onto other GPUs; a driver that cannot list them still
+    // checkpoints (the record is then empty).
+    let gpus = match driver.devices() {
+        Ok(d) => d.iter().map(format_uuid).collect(),
+        Err(e) => {
+            tracing::warn!("listing the GPUs for the image: {e}");
+            Vec::new()
+        }
+    };
     Ok(Some(Checkpointed {
         image: CudaImage {
             pids: ns_pids,
             driver_version: driver.version(),
+            gpus,
         },
         driver,
         pids,
@@ -218,36 +251,80 @@ fn host_pids(ns_pids: &[i32], pids: &[i32]) -> Result<Vec<i32>> {
         .collect()
 }
 
-/// The driver for restoring `image`'s CUDA processes: opened before CRIU restores anything, so
-/// that a machine without it fails at once.
-pub(super) fn restore_driver(image: &CudaImage, o: &GpuOptions) -> Result<LibCuda> {
-    o.open_driver().map_err(|e| {
-        gpu_err(
-            &format!(
-                "the image holds checkpointed CUDA processes ({}), but cryo cannot restore them",
-                list(&image.pids)
-            ),
-            e,
+/// What restoring an image's CUDA processes needs: the driver, and the GPU pairs.
+pub(super) struct RestoreGpus {
+    driver: LibCuda,
+    pairs: Vec<GpuPair>,
+    /// Why a restore without a map may fail here: the image's GPUs this machine lacks.
+    hint: Option<String>,
+}
+
+/// Opens the driver for restoring `image`'s CUDA processes and resolves `o.gpu_map` against
+/// the image's GPUs and this machine's: before CRIU restores anything, so that a machine
+/// without a driver, or a map that cannot apply, fails at once.
+pub(super) fn restore_driver(image: &CudaImage, o: &GpuOptions) -> Result<RestoreGpus> {
+    let what = || {
+        format!(
+            "the image holds checkpointed CUDA processes ({}), but cryo cannot restore them",
+            list(&image.pids)
         )
+    };
+    let driver = o.open_driver().map_err(|e| gpu_err(&what(), e))?;
+    let recorded = image.gpu_uuids();
+    if o.gpu_map.is_empty() && recorded.is_empty() {
+        return Ok(RestoreGpus {
+            driver,
+            pairs: Vec::new(),
+            hint: None,
+        });
+    }
+    let here = driver.devices().map_err(|e| gpu_err(&what(), e))?;
+    let pairs = o
+        .gpu_map
+        .pairs(&recorded, &here, driver.version())
+        .map_err(|e| gpu_err(&what(), e))?;
+    let absent = devices::missing(&recorded, &here);
+    let hint = (o.gpu_map.is_empty() && !absent.is_empty()).then(|| {
+        format!(
+            "the image was checkpointed on GPUs {}; this machine lacks {} (it has {}): \
+             --cuda-gpu-map OLD=NEW restores onto others",
+            devices::list(&recorded),
+            devices::list(&absent),
+            devices::list(&here)
+        )
+    });
+    if let Some(h) = &hint {
+        tracing::warn!("{h}");
+    }
+    Ok(RestoreGpus {
+        driver,
+        pairs,
+        hint,
     })
 }
 
 /// Restores and unlocks the CUDA processes of `image` in a container CRIU restored stopped
 /// (`pids`: its processes), letting only their restore threads run; it stays stopped.
-pub(super) fn restore(driver: &LibCuda, image: &CudaImage, pids: &[i32]) -> Result<()> {
+pub(super) fn restore(gpus: &RestoreGpus, image: &CudaImage, pids: &[i32]) -> Result<()> {
     let t0 = Instant::now();
     let host = host_pids(&image.pids, pids)?;
-    gpu::stopped::restore_stopped(driver, &host, &[], gpu::stopped::SETTLE_TIMEOUT).map_err(
-        |e| {
-            gpu_err(
-                &format!("restoring the CUDA processes ({})", list(&host)),
-                e,
-            )
-        },
-    )?;
+    gpu::stopped::restore_stopped(
+        &gpus.driver,
+        &host,
+        &gpus.pairs,
+        gpu::stopped::SETTLE_TIMEOUT,
+    )
+    .map_err(|e| {
+        let mut what = format!("restoring the CUDA processes ({})", list(&host));
+        if let Some(h) = &gpus.hint {
+            what = format!("{what} ({h})");
+        }
+        gpu_err(&what, e)
+    })?;
     tracing::debug!(
         ms = t0.elapsed().as_secs_f64() * 1e3,
         pids = ?host,
+        pairs = gpus.pairs.len(),
         "CUDA processes restored and unlocked"
     );
     Ok(())
@@ -370,11 +447,18 @@ mod tests {
 
     #[test]
     fn the_image_record_is_optional_json() {
-        let img = CudaImage {
+        let mut img = CudaImage {
             pids: vec![3, 4],
             driver_version: 13000,
+            gpus: vec![],
         };
         let json = serde_json::to_string(&img).unwrap();
         assert_eq!(json, r#"{"pids":[3,4],"driver_version":13000}"#);
+        // Images from before the GPU record read back with none.
+        assert_eq!(serde_json::from_str::<CudaImage>(&json).unwrap(), img);
+        img.gpus = vec![format_uuid(&[1; 16])];
+        let json = serde_json::to_string(&img).unwrap();
+        assert!(json.ends_with(r#""gpus":["GPU-01010101-0101-0101-0101-010101010101"]}"#));
+        assert_eq!(img.gpu_uuids(), [[1; 16]]);
     }
 }

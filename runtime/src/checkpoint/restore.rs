@@ -321,7 +321,7 @@ impl Runtime {
         };
         opts = &stopped;
         let resume = opts.leave_stopped && !asked.leave_stopped;
-        let cuda_driver = meta
+        let cuda_gpus = meta
             .cuda
             .as_ref()
             .map(|c| super::gpu::restore_driver(c, &opts.flags.gpu))
@@ -402,9 +402,9 @@ impl Runtime {
             (r, _) => r,
         };
         let r = r.and_then(|pid| {
-            if let (Some(cuda), Some(driver)) = (&meta.cuda, &cuda_driver) {
+            if let (Some(cuda), Some(gpus)) = (&meta.cuda, &cuda_gpus) {
                 let pids = cgroup.pids().unwrap_or_default();
-                super::gpu::restore(driver, cuda, &pids)?;
+                super::gpu::restore(gpus, cuda, &pids)?;
             }
             if resume {
                 for p in cgroup.pids().unwrap_or_default() {

@@ -46,6 +46,10 @@ pub trait Driver: Send + Sync {
     /// `cuCheckpointProcessGetRestoreThreadId`: the thread that must keep running while the
     /// process is frozen (CRIU lets it run during the checkpoint).
     fn restore_thread(&self, pid: i32) -> Result<i32, GpuError>;
+    /// The UUIDs of the GPUs this driver sees, in ordinal order (`cuDeviceGetCount`,
+    /// `cuDeviceGet`, `cuDeviceGetUuid_v2`): what a checkpoint records, and what a GPU map's
+    /// new side names.
+    fn devices(&self) -> Result<Vec<ffi::Uuid>, GpuError>;
 }
 
 /// The lock timeout as the driver takes it: milliseconds, at least 1 (0 means no timeout).
@@ -81,6 +85,10 @@ struct Fns {
     unlock: ffi::CuCheckpointProcessUnlock,
     state: ffi::CuCheckpointProcessGetState,
     restore_tid: ffi::CuCheckpointProcessGetRestoreThreadId,
+    /// The device queries (every driver has them; `None` only in a library that is not one).
+    device_count: Option<ffi::CuDeviceGetCount>,
+    device_get: Option<ffi::CuDeviceGet>,
+    device_uuid: Option<ffi::CuDeviceGetUuid>,
 }
 
 /// The CUDA driver library, loaded at run time.
@@ -162,6 +170,10 @@ impl LibCuda {
                     .ok_or_else(|| missing("cuCheckpointProcessGetState"))?,
                 restore_tid: resolve(&lib, "cuCheckpointProcessGetRestoreThreadId")
                     .ok_or_else(|| missing("cuCheckpointProcessGetRestoreThreadId"))?,
+                device_count: resolve(&lib, "cuDeviceGetCount"),
+                device_get: resolve(&lib, "cuDeviceGet"),
+                device_uuid: resolve(&lib, "cuDeviceGetUuid_v2")
+                    .or_else(|| resolve(&lib, "cuDeviceGetUuid")),
             }
         };
         let mut version: c_int = 0;
@@ -265,6 +277,41 @@ impl Driver for LibCuda {
         let code = unsafe { (self.fns.restore_tid)(pid, &mut tid) };
         check("cuCheckpointProcessGetRestoreThreadId", pid, code)?;
         Ok(tid)
+    }
+
+    fn devices(&self) -> Result<Vec<ffi::Uuid>, GpuError> {
+        self.init()?;
+        let missing = |symbol: &'static str| GpuError::MissingFunction {
+            library: self.library.clone(),
+            symbol,
+        };
+        let count_fn = self
+            .fns
+            .device_count
+            .ok_or_else(|| missing("cuDeviceGetCount"))?;
+        let get_fn = self.fns.device_get.ok_or_else(|| missing("cuDeviceGet"))?;
+        let uuid_fn = self
+            .fns
+            .device_uuid
+            .ok_or_else(|| missing("cuDeviceGetUuid_v2"))?;
+        let driver = |call: &'static str, code: u32| match CuResult(code) {
+            CuResult::SUCCESS => Ok(()),
+            result => Err(GpuError::Driver { call, result }),
+        };
+        let mut count: c_int = 0;
+        // SAFETY: `count` is a valid out-pointer.
+        driver("cuDeviceGetCount", unsafe { count_fn(&mut count) })?;
+        let mut out = Vec::new();
+        for ordinal in 0..count {
+            let mut dev: c_int = 0;
+            // SAFETY: `dev` is a valid out-pointer; `ordinal` is below the count.
+            driver("cuDeviceGet", unsafe { get_fn(&mut dev, ordinal) })?;
+            let mut uuid: ffi::Uuid = [0; 16];
+            // SAFETY: `uuid` is a valid 16-byte CUuuid out-pointer.
+            driver("cuDeviceGetUuid_v2", unsafe { uuid_fn(&mut uuid, dev) })?;
+            out.push(uuid);
+        }
+        Ok(out)
     }
 }
 

@@ -42,6 +42,12 @@ pub enum GpuError {
         /// What the driver returned.
         result: CuResult,
     },
+    /// A `--cuda-gpu-map` that cannot be applied here (see `gpu::devices::GpuMap`).
+    #[error("GPU map: {reason}")]
+    GpuMap {
+        /// What is wrong, with the entry and the GPUs on each side.
+        reason: String,
+    },
     /// A driver-wide call (`cuInit`, `cuDriverGetVersion`) failed.
     #[error("{call}: {result}")]
     Driver {

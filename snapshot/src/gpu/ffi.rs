@@ -174,6 +174,9 @@ pub fn restore_args(version: i32, pairs: &[GpuPair]) -> RestoreArgs {
 }
 
 pub type CuInit = unsafe extern "C" fn(flags: u32) -> u32;
+pub type CuDeviceGetCount = unsafe extern "C" fn(count: *mut c_int) -> u32;
+pub type CuDeviceGet = unsafe extern "C" fn(device: *mut c_int, ordinal: c_int) -> u32;
+pub type CuDeviceGetUuid = unsafe extern "C" fn(uuid: *mut Uuid, device: c_int) -> u32;
 pub type CuDriverGetVersion = unsafe extern "C" fn(version: *mut c_int) -> u32;
 pub type CuCheckpointProcessLock = unsafe extern "C" fn(pid: c_int, args: *mut LockArgs) -> u32;
 pub type CuCheckpointProcessCheckpoint =

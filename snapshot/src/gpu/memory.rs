@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::driver::{self, Driver};
 use super::error::GpuError;
-use super::ffi::{CuResult, GpuPair, ProcessState};
+use super::ffi::{CuResult, GpuPair, ProcessState, Uuid};
 
 /// One call made on the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,7 @@ struct Proc {
 struct Inner {
     procs: HashMap<i32, Proc>,
     calls: Vec<Call>,
+    devices: Vec<Uuid>,
 }
 
 /// A simulated driver: processes added with [`MemoryDriver::add_process`] start RUNNING; any
@@ -56,12 +57,23 @@ impl MemoryDriver {
         MemoryDriver::with_version(13000)
     }
 
-    /// A driver reporting `version`.
+    /// A driver reporting `version`, with one GPU ([`MemoryDriver::GPU0`]).
     pub fn with_version(version: i32) -> MemoryDriver {
         MemoryDriver {
             version,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                devices: vec![MemoryDriver::GPU0],
+                ..Inner::default()
+            }),
         }
+    }
+
+    /// The UUID of the one GPU a new driver has.
+    pub const GPU0: Uuid = [0x6d, 0x65, 0x6d, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    /// Replaces the GPUs the driver sees.
+    pub fn set_devices(&self, devices: &[Uuid]) {
+        self.inner().devices = devices.to_vec();
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -193,5 +205,9 @@ impl Driver for MemoryDriver {
         let (code, _) = self.query(call, pid, |_| 0);
         driver::check(call, pid, code)?;
         Ok(pid)
+    }
+
+    fn devices(&self) -> Result<Vec<Uuid>, GpuError> {
+        Ok(self.inner().devices.clone())
     }
 }

@@ -9,6 +9,7 @@
 //! - [`driver`], the [`Driver`] trait and [`LibCuda`], the driver loaded at run time;
 //! - [`memory`], [`MemoryDriver`], a simulated driver for unit tests;
 //! - [`discover`], which processes of a tree use CUDA;
+//! - [`devices`], GPU UUIDs and the map that restores onto other GPUs;
 //! - [`checkpoint`], the orchestration over many processes, in parallel, with rollback;
 //! - [`stopped`], restoring the CUDA processes of a tree CRIU restored stopped, their restore
 //!   threads let run alone under ptrace;
@@ -37,6 +38,7 @@
 
 pub mod buffers;
 pub mod checkpoint;
+pub mod devices;
 pub mod discover;
 pub mod driver;
 pub mod error;
@@ -44,7 +46,8 @@ pub mod ffi;
 pub mod memory;
 pub mod stopped;
 
+pub use devices::GpuMap;
 pub use driver::{Driver, LibCuda};
 pub use error::GpuError;
-pub use ffi::{CuResult, GpuPair, ProcessState};
+pub use ffi::{CuResult, GpuPair, ProcessState, Uuid};
 pub use memory::MemoryDriver;
