@@ -181,6 +181,8 @@ struct Gpu {
     next_request: std::sync::atomic::AtomicU32,
     /// cryo's debug log of the last checkpoint or restore.
     log: std::sync::Mutex<PathBuf>,
+    /// How long `start` waits for the helpers to be ready.
+    ready_timeout: Duration,
 }
 
 /// A helper to start: its name and environment assignments (`FAKECUDA_FAULTS=...`).
@@ -266,6 +268,7 @@ impl Gpu {
                 .collect(),
             next_request: std::sync::atomic::AtomicU32::new(0),
             log: std::sync::Mutex::new(PathBuf::new()),
+            ready_timeout: Duration::from_secs(30),
         }
     }
 
@@ -312,7 +315,7 @@ impl Gpu {
         self.ok(&["run", "-d", "--bundle", self.bundle.to_str().unwrap(), &id]);
         for h in &mut self.helpers {
             let path = self.io.join(format!("{}.ready", h.0));
-            let deadline = Instant::now() + Duration::from_secs(30);
+            let deadline = Instant::now() + self.ready_timeout;
             let text = loop {
                 if let Ok(t) = std::fs::read_to_string(&path) {
                     break t;
@@ -921,4 +924,151 @@ fn real_gpu_container_round_trip() {
     }
     let mut gpu = Gpu::new("gpureal", None, &[("a", &[]), ("b", &[])]);
     round_trip(&mut gpu, Via::ImageDir);
+}
+
+/// The time from `since` until model helper 0 answers a new request, and its answer.
+fn first_answer(gpu: &Gpu, since: Instant, what: &str) -> (Duration, String, String) {
+    let n = gpu.request(0);
+    let (sum, verdict) = gpu
+        .answer(0, n, Duration::from_secs(600))
+        .unwrap_or_else(|| panic!("{what}: the model did not answer"));
+    (since.elapsed(), sum, verdict)
+}
+
+/// `cuda-checkpoint --toggle --pid PID` (NVIDIA's tool, where installed): its time.
+fn cuda_checkpoint_toggle(tool: &Path, pid: i32) -> Duration {
+    let t = Instant::now();
+    let o = std::process::Command::new(tool)
+        .args(["--toggle", "--pid", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert_ok(&o, "cuda-checkpoint --toggle");
+    t.elapsed()
+}
+
+/// A PyTorch process holding `CRYO_GPU_TORCH_GIB` GiB (default 10) of weights on the GPU
+/// (examples/torch-server.py, on the host's python and PyTorch) inside a cryo container:
+/// checkpointed with --leave-running and for good into the store, restored from the image
+/// directory and lazily from the store, its output bit-identical each time. Prints the cold
+/// start and each restore until the first answer, and NVIDIA's `cuda-checkpoint` on the same
+/// process where it is installed, as scripts/gpu-check collects them.
+#[test]
+#[ignore = "needs an NVIDIA GPU, the host's python with PyTorch: scripts/gpu-check runs it"]
+fn real_gpu_pytorch_model_round_trip() {
+    skip_unless_root!();
+    if let Err(e) = cryo_snapshot::criu::Criu::locate(None) {
+        println!("skipped: {e}");
+        return;
+    }
+    if !Path::new("/dev/nvidiactl").exists() {
+        println!("skipped: no NVIDIA GPU (/dev/nvidiactl)");
+        return;
+    }
+    let torch = std::process::Command::new("python3")
+        .args(["-c", "import torch; assert torch.cuda.is_available()"])
+        .output();
+    if !torch.as_ref().is_ok_and(|o| o.status.success()) {
+        println!("skipped: the host's python3 has no PyTorch with CUDA");
+        return;
+    }
+    let gib: f64 = std::env::var("CRYO_GPU_TORCH_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10.0);
+    let mut gpu = Gpu::new("torch", None, &[("model", &[])]);
+    gpu.ready_timeout = Duration::from_secs(600);
+    // The model instead of the test binary: the host's python (python-bundle.sh binds /usr).
+    let cfg_path = gpu.bundle.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    std::fs::create_dir_all(gpu.bundle.join("rootfs/examples")).unwrap();
+    cfg["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/examples", "type": "bind", "source": examples,
+        "options": ["rbind", "ro"]}),
+    );
+    cfg["process"]["args"] = json!([
+        "python3",
+        "/examples/torch-server.py",
+        "model",
+        "/io",
+        gib.to_string()
+    ]);
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+
+    let t = Instant::now();
+    let id = gpu.start("cold");
+    let ready = t.elapsed();
+    let (cold, sum, verdict) = first_answer(&gpu, t, "cold start");
+    assert_eq!(verdict, "verified");
+    println!("pytorch {gib} GiB: cold start to ready {ready:?}, to the first answer {cold:?}");
+
+    if let Some(tool) = common::clients::which("cuda-checkpoint") {
+        let pid = gpu.host_pids(&id)[0];
+        let out = cuda_checkpoint_toggle(&tool, pid);
+        let back = cuda_checkpoint_toggle(&tool, pid);
+        let (_, s, v) = first_answer(&gpu, Instant::now(), "after cuda-checkpoint");
+        assert_eq!((s.as_str(), v.as_str()), (sum.as_str(), "verified"));
+        println!(
+            "pytorch cuda-checkpoint --toggle: lock + checkpoint {out:?}, restore + unlock {back:?}"
+        );
+    } else {
+        println!("pytorch cuda-checkpoint: not installed, no reference");
+    }
+
+    let img = gpu.env.dir.path().join("img");
+    let t = Instant::now();
+    let o = gpu.checkpoint(
+        &id,
+        &["--leave-running", "--image-path", img.to_str().unwrap()],
+    );
+    assert_ok(&o, "checkpoint --leave-running");
+    println!(
+        "pytorch checkpoint --leave-running (image dir): {:?}",
+        t.elapsed()
+    );
+    print_cuda_lines("pytorch checkpoint --leave-running", &gpu.last_log());
+    let (_, s, v) = first_answer(&gpu, Instant::now(), "after checkpoint --leave-running");
+    assert_eq!((s.as_str(), v.as_str()), (sum.as_str(), "verified"));
+
+    let store = gpu.env.dir.path().join("store");
+    let t = Instant::now();
+    let o = gpu.checkpoint(
+        &id,
+        &["--store", store.to_str().unwrap(), "--snapshot", "torch"],
+    );
+    assert_ok(&o, "checkpoint into the store");
+    println!("pytorch checkpoint (store): {:?}", t.elapsed());
+
+    for (name, args) in [
+        ("image dir", vec!["--image-path", img.to_str().unwrap()]),
+        (
+            "store, lazy",
+            vec![
+                "--store",
+                store.to_str().unwrap(),
+                "--snapshot",
+                "torch",
+                "--lazy-pages",
+            ],
+        ),
+    ] {
+        let rid = gpu.env.id(if name == "image dir" { "ri" } else { "rl" });
+        let t = Instant::now();
+        let o = gpu.restore(&rid, &args);
+        assert_ok(&o, name);
+        let restored = t.elapsed();
+        let (answered, s, v) = first_answer(&gpu, t, name);
+        print_cuda_lines(&format!("pytorch restore ({name})"), &gpu.last_log());
+        println!(
+            "pytorch restore ({name}): returned after {restored:?}, first answer after \
+             {answered:?} ({:.2}x the cold start's)",
+            answered.as_secs_f64() / cold.as_secs_f64()
+        );
+        assert_eq!(
+            (s.as_str(), v.as_str()),
+            (sum.as_str(), "verified"),
+            "{name}"
+        );
+        gpu.env.remove(&rid);
+    }
 }
