@@ -29,5 +29,7 @@ pub mod syscall;
 
 pub use checkpoint::{CgroupsMode, CheckpointOptions, CriuFlags, GpuOptions, RestoreOptions};
 pub use container::{CreateOptions, ExecOptions, InitBinary, Runtime, Stdio};
+/// The `OLD=NEW` map a restore puts CUDA processes onto other GPUs with (`GpuOptions::gpu_map`).
+pub use cryo_snapshot::gpu::GpuMap;
 pub use error::{Error, Result};
 pub use state::{OciState, Status};

@@ -184,6 +184,11 @@ pub const SNAPSHOT_ANNOTATION: &str = "io.cryo.snapshot";
 /// `"false"` restores the snapshot eagerly (every page in before the process runs); the
 /// default is lazy (the process runs at once, memory streams in from the store).
 pub const SNAPSHOT_LAZY_ANNOTATION: &str = "io.cryo.snapshot.lazy";
+/// Where a restore puts the container's CUDA processes, as `cryo restore --cuda-gpu-map`
+/// takes it (`OLD=NEW,...`: the GPUs the image records, by index or UUID, onto this machine's);
+/// it wins over the shim's `CRYO_CUDA_GPU_MAP`. For orchestrators that place a restored pod on
+/// other GPUs than the one it was checkpointed on.
+pub const CUDA_GPU_MAP_ANNOTATION: &str = "io.cryo.cuda-gpu-map";
 /// The image path (`ctr task checkpoint --image-path`) prefix that checkpoints into the store
 /// under the name that follows, leaving the container running.
 pub const SNAPSHOT_IMAGE_PREFIX: &str = "snapshot:";
@@ -236,6 +241,32 @@ fn restore_source(
         },
     };
     Ok(Some(Restore::Snapshot { name, lazy }))
+}
+
+/// The GPU map of the spec's annotation, if it has one.
+fn gpu_map_annotation(
+    bundle: &Path,
+    spec: &serde_json::Value,
+) -> RpcResult<Option<cryo_runtime::GpuMap>> {
+    let Some(v) = spec
+        .get("annotations")
+        .and_then(|a| a.get(CUDA_GPU_MAP_ANNOTATION))
+    else {
+        return Ok(None);
+    };
+    v.as_str()
+        .ok_or_else(|| "expected a string".to_string())
+        .and_then(str::parse)
+        .map(Some)
+        .map_err(|e| {
+            rpc_err(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "{}: annotations: {CUDA_GPU_MAP_ANNOTATION}: {e}",
+                    bundle.join("config.json").display()
+                ),
+            )
+        })
 }
 
 /// The bundle's config.json as JSON (null when unreadable: the runtime reports that).
@@ -313,6 +344,8 @@ struct Container {
     settings: Settings,
     /// What Start restores instead of starting a created container.
     restore: Option<Restore>,
+    /// The GPU map of its annotation, for that restore.
+    gpu_map: Option<cryo_runtime::GpuMap>,
     /// Whether the container has a pid namespace of its own (then its processes die with
     /// its init).
     own_pid_ns: bool,
@@ -427,7 +460,9 @@ impl Service {
             }
         };
         let spec = bundle_spec(&bundle);
-        let restore = match restore_source(req, &bundle, &spec) {
+        let (restore, gpu_map) = match restore_source(req, &bundle, &spec)
+            .and_then(|r| Ok((r, gpu_map_annotation(&bundle, &spec)?)))
+        {
             Ok(r) => r,
             Err(e) => {
                 undo_mount();
@@ -483,6 +518,7 @@ impl Service {
             rt,
             settings,
             restore,
+            gpu_map,
             rootfs_mounted: mounted,
             init,
             execs: Mutex::new(HashMap::new()),
@@ -503,6 +539,9 @@ impl Service {
         };
         opts.flags.criu = c.settings.criu.clone();
         opts.flags.gpu = cryo_runtime::GpuOptions::from_env();
+        if let Some(m) = &c.gpu_map {
+            opts.flags.gpu.gpu_map = m.clone();
+        }
         match from {
             Restore::Image(dir) => opts.image_path = dir.clone(),
             Restore::Snapshot { name, lazy } => {
@@ -1284,6 +1323,26 @@ mod tests {
         assert!(restore_source(&req, d.path(), &bundle_spec(d.path()))
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn the_gpu_map_annotation_is_parsed_at_create() {
+        let d = bundle_with(serde_json::json!({ CUDA_GPU_MAP_ANNOTATION: "0=1" }));
+        let m = gpu_map_annotation(d.path(), &bundle_spec(d.path())).unwrap();
+        assert_eq!(m, Some("0=1".parse().unwrap()));
+        let d = bundle_with(serde_json::json!({}));
+        assert_eq!(
+            gpu_map_annotation(d.path(), &bundle_spec(d.path())).unwrap(),
+            None
+        );
+        let d = bundle_with(serde_json::json!({ CUDA_GPU_MAP_ANNOTATION: "0" }));
+        let e = gpu_map_annotation(d.path(), &bundle_spec(d.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("io.cryo.cuda-gpu-map") && e.contains("expected OLD=NEW"),
+            "{e}"
+        );
     }
 
     #[test]
