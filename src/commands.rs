@@ -173,6 +173,16 @@ pub enum Command {
         /// Accepted for runc compatibility; pre-dumps need soft-dirty tracking.
         #[arg(long = "pre-dump")]
         pre_dump: bool,
+        /// With --snapshot: how new chunks are compressed, zstdN (1-22), lz4 or none. The
+        /// container stays frozen meanwhile: lz4 or none checkpoint faster, and `cryo snapshot
+        /// compact` shrinks the snapshot afterwards.
+        #[arg(
+            long,
+            value_name = "CODEC",
+            default_value = "zstd3",
+            requires = "snapshot"
+        )]
+        compression: cryo_snapshot::CodecPolicy,
         #[command(flatten)]
         criu: CriuArgs,
         #[command(flatten)]
@@ -457,6 +467,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
             leave_running,
             lazy_pages,
             pre_dump,
+            compression,
             criu,
             gpu,
         } => {
@@ -476,6 +487,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
                     leave_running: *leave_running,
                     snapshot: images.snapshot.clone(),
                     store: images.store.as_ref().map(|p| absolute(p)),
+                    compression: *compression,
                     flags,
                 },
             )?;

@@ -1,4 +1,4 @@
-//! `cryo snapshot ...`: the store's maintenance commands (ls, inspect, verify, rm, gc) over
+//! `cryo snapshot ...`: the store's maintenance commands (ls, inspect, verify, rm, compact, gc) over
 //! cryo-snapshot's library API. Thin: parsing and printing here, every operation in the crate.
 //! Checkpointing into the store and restoring from it are `cryo checkpoint`/`restore`, not here.
 
@@ -48,6 +48,18 @@ pub enum SnapshotCommand {
         /// NAME[:TAG], sha256:HEX or a unique hex prefix.
         #[arg(required = true)]
         references: Vec<String>,
+        /// table or json.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// Re-encode a snapshot's chunks with a stronger codec where that makes them smaller
+    /// (after a fast `checkpoint --compression none|lz4`); safe while the store is in use.
+    Compact {
+        /// NAME[:TAG], sha256:HEX or a unique hex prefix.
+        reference: String,
+        /// zstdN (1-22), lz4 or none.
+        #[arg(long, value_name = "CODEC", default_value = "zstd3")]
+        codec: cryo_snapshot::CodecPolicy,
         /// table or json.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
@@ -222,6 +234,25 @@ pub fn run(cmd: SnapshotCommand, store: &Path) -> anyhow::Result<i32> {
                 }
             }
         }
+        SnapshotCommand::Compact {
+            reference,
+            codec,
+            format,
+        } => {
+            let rep = store.compact(&reference, codec)?;
+            if format == OutputFormat::Json {
+                print_json(&rep)?;
+            } else {
+                println!(
+                    "{}: {} of {} chunks re-encoded as {codec}: {} -> {}",
+                    rep.snapshot,
+                    rep.rewritten,
+                    rep.chunks,
+                    human(rep.bytes_before),
+                    human(rep.bytes_after)
+                );
+            }
+        }
         SnapshotCommand::Gc { format } => {
             let rep = store.gc()?;
             if format == OutputFormat::Json {
@@ -269,6 +300,13 @@ mod tests {
                 run(SnapshotCommand::Verify { reference, format }, dir.path()).unwrap(),
                 0
             );
+            let (reference, codec) = ("app:v1".to_string(), "zstd3".parse().unwrap());
+            let compact = SnapshotCommand::Compact {
+                reference,
+                codec,
+                format,
+            };
+            assert_eq!(run(compact, dir.path()).unwrap(), 0);
         }
         let references = vec!["app:v1".to_string()];
         let format = OutputFormat::Table;

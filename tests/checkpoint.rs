@@ -452,6 +452,62 @@ fn checkpoint_into_the_store_and_restore_replicas_from_it() {
     }
 }
 
+#[test]
+fn a_fast_uncompressed_checkpoint_is_compacted_later_and_still_restores() {
+    skip_unless_criu!();
+    let env = Env::new("compact");
+    let store = env.dir.path().join("store");
+    let store_arg = store.to_str().unwrap();
+    let (id, pid) = env.detach("c", &ballast_config());
+    wait_count_past(pid, 3);
+    // --compression only applies to the store.
+    let o = env.cryo(&["checkpoint", "--compression", "none", &id]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--snapshot"));
+    let o = env.cryo(&[
+        "checkpoint",
+        "--compression",
+        "zstd99",
+        "--store",
+        store_arg,
+        "--snapshot",
+        "x",
+        &id,
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("expected zstd1"));
+
+    env.ok(&[
+        "checkpoint",
+        "--compression",
+        "none",
+        "--store",
+        store_arg,
+        "--snapshot",
+        "fast",
+        &id,
+    ]);
+    let raw = dir_bytes(&store.join("chunks"));
+    let out = env.ok(&[
+        "snapshot", "--store", store_arg, "compact", "fast", "--format", "json",
+    ]);
+    let rep: Value = serde_json::from_str(&out).unwrap();
+    assert!(rep["rewritten"].as_u64().unwrap() > 0, "{rep}");
+    let compacted = dir_bytes(&store.join("chunks"));
+    // The ballast is base64 text: zstd takes a quarter of it at least.
+    assert!(compacted * 4 < raw * 3, "{raw} -> {compacted} bytes: {rep}");
+    let verify = env.cryo(&["snapshot", "--store", store_arg, "verify", "fast"]);
+    assert!(verify.status.success());
+
+    let rid = env.id("r");
+    let o = restore_snapshot(&env, &store, "fast", &env.dir.path().join("c"), &rid);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rpid = env.state(&rid)["pid"].as_i64().unwrap();
+    wait_count_past(rpid, 4);
+    assert!(has_sleeper(rpid));
+    env.remove(&rid);
+}
+
 fn dir_bytes(dir: &Path) -> u64 {
     let mut files = Vec::new();
     collect(dir, &mut files);

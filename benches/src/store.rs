@@ -82,16 +82,7 @@ pub struct Opts {
 
 /// `zstdN` (N in 1..=22), `lz4` or `none`.
 pub fn parse_codec(s: &str) -> std::result::Result<CodecPolicy, String> {
-    match s {
-        "lz4" => Ok(CodecPolicy::Lz4),
-        "none" => Ok(CodecPolicy::None),
-        _ => s
-            .strip_prefix("zstd")
-            .and_then(|l| l.parse::<i32>().ok())
-            .filter(|l| (1..=22).contains(l))
-            .map(CodecPolicy::Zstd)
-            .ok_or_else(|| format!("expected zstd1 … zstd22, lz4 or none, found {s:?}")),
-    }
+    s.parse()
 }
 
 /// `--codec`'s parser: the codec's name, once `parse_codec` takes it.

@@ -946,6 +946,7 @@ impl Task for Service {
             leave_running: !o.exit,
             snapshot,
             store: None,
+            compression: Default::default(),
             flags: cryo_runtime::CriuFlags {
                 tcp_established: o.open_tcp,
                 ext_unix_sk: o.external_unix_sockets,

@@ -132,11 +132,15 @@ impl Runtime {
                 let name = name.clone();
                 let report = &mut report;
                 let s2 = staging.clone();
+                let writer = WriterOptions {
+                    codec: opts.compression,
+                    ..WriterOptions::default()
+                };
                 (
                     staging,
                     Box::new(move || {
                         let t0 = std::time::Instant::now();
-                        let r = ingest(&store, &s2, Some(&name), WriterOptions::default())
+                        let r = ingest(&store, &s2, Some(&name), writer)
                             .map_err(|e| Error::Other(format!("snapshot {name}: {e}")))?;
                         tracing::debug!(
                             ms = t0.elapsed().as_secs_f64() * 1e3,

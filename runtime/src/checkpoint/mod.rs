@@ -123,6 +123,10 @@ pub struct CheckpointOptions {
     pub snapshot: Option<String>,
     /// The store (default: `$CRYO_STORE`, else /var/lib/cryo/store).
     pub store: Option<PathBuf>,
+    /// How the snapshot's new chunks are compressed (default zstd 3). The container stays
+    /// frozen while they are: `none` or `lz4` checkpoint faster, and `Store::compact`
+    /// (`cryo snapshot compact`) shrinks them later.
+    pub compression: cryo_snapshot::CodecPolicy,
     /// The shared switches.
     pub flags: CriuFlags,
 }

@@ -60,7 +60,7 @@ impl Codec {
         }
     }
 
-    fn from_byte(b: u8) -> Option<Self> {
+    pub(crate) fn from_byte(b: u8) -> Option<Self> {
         match b {
             0 => Some(Codec::None),
             1 => Some(Codec::Zstd),
@@ -88,6 +88,34 @@ impl Default for CodecPolicy {
     /// `zstd -1 -T0` on the whole image; level 3 stays under it.
     fn default() -> Self {
         CodecPolicy::Zstd(3)
+    }
+}
+
+impl std::str::FromStr for CodecPolicy {
+    type Err = String;
+
+    /// `zstdN` (N from 1 to 22), `lz4` or `none`.
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "lz4" => Ok(CodecPolicy::Lz4),
+            "none" => Ok(CodecPolicy::None),
+            _ => s
+                .strip_prefix("zstd")
+                .and_then(|l| l.parse::<i32>().ok())
+                .filter(|l| (1..=22).contains(l))
+                .map(CodecPolicy::Zstd)
+                .ok_or_else(|| format!("expected zstd1 … zstd22, lz4 or none, found {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for CodecPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CodecPolicy::Zstd(l) => write!(f, "zstd{l}"),
+            CodecPolicy::Lz4 => f.write_str("lz4"),
+            CodecPolicy::None => f.write_str("none"),
+        }
     }
 }
 

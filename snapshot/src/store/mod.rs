@@ -18,6 +18,7 @@
 //! collection live in the sibling modules.
 
 pub mod chunk;
+pub mod compact;
 pub mod digest;
 mod files;
 pub mod gc;
