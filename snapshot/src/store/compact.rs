@@ -88,9 +88,7 @@ impl Store {
                 raw += chunks[end].1 as u64;
                 end += 1;
             }
-            // (digest, old file bytes, new encoding in a temp file and its bytes)
-            type Done = (ChunkDigest, u64, Option<(std::path::PathBuf, u64)>);
-            let done: Vec<Result<Done>> = chunks[start..end]
+            let done: Vec<Result<Reencoded>> = chunks[start..end]
                 .par_iter()
                 .map(|&(digest, len)| self.reencode(snapshot, digest, len, policy, tmp))
                 .collect();
@@ -124,7 +122,7 @@ impl Store {
         len: usize,
         policy: CodecPolicy,
         tmp: &std::path::Path,
-    ) -> Result<(ChunkDigest, u64, Option<(std::path::PathBuf, u64)>)> {
+    ) -> Result<Reencoded> {
         let path = self.chunk_path(&digest);
         let before = fs::metadata(&path)
             .map_err(|e| Error::io(&path, "stat chunk", e))?
@@ -155,14 +153,18 @@ impl Store {
     }
 }
 
+/// One chunk after `reencode`: its digest, its file's bytes, and its new encoding (a temp
+/// file and its bytes) when that is smaller.
+type Reencoded = (ChunkDigest, u64, Option<(std::path::PathBuf, u64)>);
+
 /// Whether a chunk in `codec` is as small as `policy` would make it, or smaller.
 fn encoded_as_strongly(codec: Option<Codec>, policy: CodecPolicy) -> bool {
-    match (codec, policy) {
-        (_, CodecPolicy::None) => true,
-        (Some(Codec::Zstd | Codec::Mixed), _) => true,
-        (Some(Codec::Lz4), CodecPolicy::Lz4) => true,
-        _ => false,
-    }
+    matches!(
+        (codec, policy),
+        (_, CodecPolicy::None)
+            | (Some(Codec::Zstd | Codec::Mixed), _)
+            | (Some(Codec::Lz4), CodecPolicy::Lz4)
+    )
 }
 
 #[cfg(test)]
