@@ -106,6 +106,8 @@ pub struct Bench {
     pub drop_caches: bool,
     /// Longest wait for a server's answer.
     pub timeout: Duration,
+    /// `checkpoint --compression` of the store systems (zstdN, lz4 or none).
+    pub store_compression: String,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -227,6 +229,8 @@ impl Bench {
             Method::ImageDir => vec!["checkpoint", "--image-path", images_arg, &id],
             Method::Store | Method::StoreLazy => vec![
                 "checkpoint",
+                "--compression",
+                &self.store_compression,
                 "--store",
                 store_arg,
                 "--snapshot",

@@ -93,6 +93,9 @@ enum Scenario {
         /// Working directory for the bundle, state, images and stores (on disk, not tmpfs).
         #[arg(long, default_value = "/var/tmp/cryo-bench/checkpoint")]
         work: PathBuf,
+        /// `cryo checkpoint --compression` of the store systems: zstdN, lz4 or none.
+        #[arg(long = "store-compression", default_value = "zstd3", value_parser = store::codec_arg)]
+        store_compression: String,
     },
     /// containerd's runc shim (io.containerd.runc.v2) against cryo's (io.containerd.cryo.v2)
     /// through one private containerd: `ctr run --rm`, shim memory, restore of a checkpoint,
@@ -381,6 +384,7 @@ struct CheckpointOpts<'a> {
     drop_caches: bool,
     out: &'a Path,
     work: &'a Path,
+    store_compression: &'a str,
 }
 
 fn checkpoint(o: &CheckpointOpts) -> Result<()> {
@@ -420,6 +424,14 @@ fn checkpoint(o: &CheckpointOpts) -> Result<()> {
         checkpoint::Method::StoreLazy,
     ));
 
+    if o.store_compression != "zstd3" {
+        for s in systems
+            .iter_mut()
+            .filter(|s| s.method != checkpoint::Method::ImageDir)
+        {
+            s.name = format!("{} --compression {}", s.name, o.store_compression);
+        }
+    }
     let workload = workload::bundle(&repo_root(), o.work, o.size_mib)?;
     let scratch = tempfile::Builder::new()
         .prefix("run-")
@@ -433,6 +445,7 @@ fn checkpoint(o: &CheckpointOpts) -> Result<()> {
         scratch: scratch.path().to_path_buf(),
         drop_caches: o.drop_caches,
         timeout: std::time::Duration::from_secs(120),
+        store_compression: o.store_compression.to_string(),
     };
     let names: Vec<&str> = systems.iter().map(|s| s.name.as_str()).collect();
     eprintln!(
@@ -540,6 +553,7 @@ fn main() -> Result<()> {
             drop_caches,
             out,
             work,
+            store_compression,
         } => checkpoint(&CheckpointOpts {
             size_mib,
             runs,
@@ -548,6 +562,7 @@ fn main() -> Result<()> {
             drop_caches,
             out: &out,
             work: &work,
+            store_compression: &store_compression,
         }),
         Scenario::Shim {
             runs,
