@@ -322,7 +322,13 @@ impl Writer {
             reference::parse_name(n)?;
         }
         self.flush()?;
+        let t0 = std::time::Instant::now();
         files::syncfs(self.store.root())?;
+        tracing::debug!(
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            new_stored = self.stats.new_stored_bytes,
+            "store: syncfs"
+        );
         let mut objects = Vec::with_capacity(self.objects.len());
         let mut regions = Vec::new();
         for (i, o) in self.objects.iter().enumerate() {
