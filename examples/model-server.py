@@ -8,13 +8,17 @@ line; "ping" gets "ok pong\\n" (touching little memory), anything else "ok <hex>
 64-byte sample per 64 KiB of the whole region, so a restored process proves its memory came
 back. A failure to start is written to model-server.err beside SOCKET. Needs numpy (Debian's python3-numpy); runs under /usr/bin/python3.
 
-    model-server.py SOCKET [SIZE_MIB] [SEED]
+    model-server.py SOCKET [SIZE_MIB] [SEED] [MIX] [THREADS]
+
+MIX is the share of random, zero and text runs as R:Z:T (default 2:1:1, the mix above);
+THREADS (default 1) adds idle threads, for the cost of multi-threaded processes to CRIU.
 """
 
 import hashlib
 import os
 import socket
 import sys
+import threading
 
 import numpy as np
 
@@ -48,18 +52,34 @@ def text_lines(rng, n):
     return np.frombuffer("".join(out).encode(), dtype=f"S{LINE}")
 
 
-def build(size_mib, seed):
+def kinds(mix):
+    """The cycle of run kinds ("r", "z", "t") for weights mix = (R, Z, T), interleaved: each
+    next run is the kind furthest behind its share. 2:1:1 is random, zero, random, text."""
+    if mix == (2, 1, 1):
+        return ["r", "z", "r", "t"]
+    total = sum(mix)
+    counts = [0, 0, 0]
+    out = []
+    for k in range(total):
+        behind = [w * (k + 1) / total - c for w, c in zip(mix, counts)]
+        i = max(range(3), key=lambda j: (behind[j], -j))
+        counts[i] += 1
+        out.append("rzt"[i])
+    return out
+
+
+def build(size_mib, seed, mix=(2, 1, 1)):
     rng = np.random.default_rng(seed)
     mem = np.empty(size_mib * MIB, dtype=np.uint8)
     vocab = text_lines(rng, 1 << 14)
-    # Run k of every four: random, zero, random, text -> ½ random, ¼ zero, ¼ text.
+    cycle = kinds(mix)
     run = RUN_MIB * MIB
     for k, off in enumerate(range(0, mem.size, run)):
         part = mem[off:off + run]
-        kind = k % 4
-        if kind in (0, 2):
+        kind = cycle[k % len(cycle)]
+        if kind == "r":
             part[:] = np.frombuffer(rng.bytes(part.size), dtype=np.uint8)
-        elif kind == 1:
+        elif kind == "z":
             part.fill(0)
         else:
             n = part.size // LINE
@@ -73,8 +93,10 @@ def checksum(mem):
     return hashlib.sha256(mem.reshape(-1, 65536)[:, :64].tobytes()).hexdigest()
 
 
-def serve(path, size_mib, seed):
-    mem = build(size_mib, seed)
+def serve(path, size_mib, seed, mix, threads):
+    mem = build(size_mib, seed, mix)
+    for _ in range(threads - 1):
+        threading.Thread(target=threading.Event().wait, daemon=True).start()
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -103,9 +125,15 @@ def main():
     try:
         size_mib = int(sys.argv[2]) if len(sys.argv) > 2 else 256
         seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+        mix = tuple(int(w) for w in sys.argv[4].split(":")) if len(sys.argv) > 4 else (2, 1, 1)
+        threads = int(sys.argv[5]) if len(sys.argv) > 5 else 1
         if size_mib <= 0 or size_mib % RUN_MIB:
             raise ValueError(f"SIZE_MIB must be a positive multiple of {RUN_MIB}, got {size_mib}")
-        serve(path, size_mib, seed)
+        if len(mix) != 3 or min(mix) < 0 or sum(mix) == 0:
+            raise ValueError(f"MIX must be R:Z:T, three non-negative weights, got {sys.argv[4]}")
+        if threads < 1:
+            raise ValueError(f"THREADS must be at least 1, got {threads}")
+        serve(path, size_mib, seed, mix, threads)
     except Exception:
         # stdio is /dev/null under `run -d`: leave the reason where the harness looks.
         import traceback

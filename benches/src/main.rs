@@ -71,7 +71,7 @@ enum Scenario {
     /// checkpoint and restore (until the restored process answers) of a python workload
     /// container: runc + CRIU, cryo with an image directory, cryo with its snapshot store.
     Checkpoint {
-        /// The workload's resident memory in MiB (½ random, ¼ zero, ¼ text; a multiple of 4).
+        /// The workload's resident memory in MiB (a multiple of 4), mixed as --mix says.
         #[arg(long = "size-mib", default_value_t = 256)]
         size_mib: u64,
         /// Measured rounds (each runs every system once).
@@ -96,6 +96,12 @@ enum Scenario {
         /// `cryo checkpoint --compression` of the store systems: zstdN, lz4 or none.
         #[arg(long = "store-compression", default_value = "zstd3", value_parser = store::codec_arg)]
         store_compression: String,
+        /// The workload's memory as R:Z:T shares of random, zero and text runs.
+        #[arg(long, default_value = "2:1:1", value_parser = workload::mix_arg)]
+        mix: String,
+        /// The workload's threads (idle ones beyond the first).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        threads: u32,
     },
     /// containerd's runc shim (io.containerd.runc.v2) against cryo's (io.containerd.cryo.v2)
     /// through one private containerd: `ctr run --rm`, shim memory, restore of a checkpoint,
@@ -370,6 +376,10 @@ struct CheckpointReport<'a> {
     warmup: usize,
     runs: usize,
     drop_caches: bool,
+    /// The workload's R:Z:T mix and threads; the store systems' `--compression`.
+    mix: &'a str,
+    threads: u32,
+    store_compression: &'a str,
     criu: Option<String>,
     reference: &'a str,
     systems: &'a [checkpoint::Outcome],
@@ -385,6 +395,8 @@ struct CheckpointOpts<'a> {
     out: &'a Path,
     work: &'a Path,
     store_compression: &'a str,
+    mix: &'a str,
+    threads: u32,
 }
 
 fn checkpoint(o: &CheckpointOpts) -> Result<()> {
@@ -432,7 +444,7 @@ fn checkpoint(o: &CheckpointOpts) -> Result<()> {
             s.name = format!("{} --compression {}", s.name, o.store_compression);
         }
     }
-    let workload = workload::bundle(&repo_root(), o.work, o.size_mib)?;
+    let workload = workload::bundle(&repo_root(), o.work, o.size_mib, o.mix, o.threads)?;
     let scratch = tempfile::Builder::new()
         .prefix("run-")
         .tempdir_in(o.work)
@@ -494,8 +506,18 @@ fn checkpoint(o: &CheckpointOpts) -> Result<()> {
     let reference = 0;
     checkpoint::finish(&mut outcomes, reference);
     let ref_name = outcomes[reference].system.name.clone();
+    let mix = if o.mix == "2:1:1" {
+        "½ random, ¼ zero, ¼ text".to_string()
+    } else {
+        format!("random:zero:text runs {}", o.mix)
+    };
+    let threads = if o.threads > 1 {
+        format!(", {} threads", o.threads)
+    } else {
+        String::new()
+    };
     let md = format!(
-        "Workload: {} MiB python (½ random, ¼ zero, ¼ text){}.\n\n{}",
+        "Workload: {} MiB python ({mix}{threads}){}.\n\n{}",
         o.size_mib,
         if o.drop_caches {
             ", page cache dropped before each restore"
@@ -512,6 +534,9 @@ fn checkpoint(o: &CheckpointOpts) -> Result<()> {
         warmup: o.warmup,
         runs: o.runs,
         drop_caches: o.drop_caches,
+        mix: o.mix,
+        threads: o.threads,
+        store_compression: o.store_compression,
         criu: checkpoint::criu_version(),
         reference: &ref_name,
         systems: &outcomes,
@@ -554,6 +579,8 @@ fn main() -> Result<()> {
             out,
             work,
             store_compression,
+            mix,
+            threads,
         } => checkpoint(&CheckpointOpts {
             size_mib,
             runs,
@@ -563,6 +590,8 @@ fn main() -> Result<()> {
             out: &out,
             work: &work,
             store_compression: &store_compression,
+            mix: &mix,
+            threads,
         }),
         Scenario::Shim {
             runs,

@@ -30,9 +30,25 @@ pub struct Workload {
     pub socket: PathBuf,
 }
 
+/// `R:Z:T`: the shares of random, zero and text runs in the workload's memory.
+pub fn mix_arg(s: &str) -> std::result::Result<String, String> {
+    let w: Vec<u32> = s
+        .split(':')
+        .map(|x| x.parse::<u32>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("{s:?}: expected R:Z:T, three integers: {e}"))?;
+    if w.len() != 3 || w.iter().sum::<u32>() == 0 {
+        return Err(format!(
+            "{s:?}: expected R:Z:T, three integers, not all zero"
+        ));
+    }
+    Ok(s.to_string())
+}
+
 /// Builds (or refreshes) the python bundle under `dir` running model-server.py over
-/// `size_mib` MiB, and the host socket directory beside it.
-pub fn bundle(repo: &Path, dir: &Path, size_mib: u64) -> Result<Workload> {
+/// `size_mib` MiB of memory mixed as `mix` (`R:Z:T`) with `threads` threads, and the host
+/// socket directory beside it.
+pub fn bundle(repo: &Path, dir: &Path, size_mib: u64, mix: &str, threads: u32) -> Result<Workload> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir
         .canonicalize()
@@ -44,7 +60,12 @@ pub fn bundle(repo: &Path, dir: &Path, size_mib: u64) -> Result<Workload> {
     let st = Command::new(&script)
         .arg(&bundle)
         .args(["/usr/bin/python3", "/srv/model-server.py", &socket_in])
-        .arg(size_mib.to_string())
+        .args([
+            size_mib.to_string(),
+            "1".into(),
+            mix.to_string(),
+            threads.to_string(),
+        ])
         .status()
         .with_context(|| format!("running {}", script.display()))?;
     if !st.success() {
