@@ -14,7 +14,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::state::{ContainerState, Status};
 use crate::Runtime;
 
-use super::externals::{cgroup_binds, describe_stdio, external_mounts, external_namespaces};
+use super::externals::{
+    cgroup_binds, describe_stdio, external_mounts, external_namespaces, masked_dirs,
+};
 use super::gpu::{self, CudaImage};
 use super::{
     absolute, base_opts, criu_err, image_dir, mkdir_0700, open_store, open_work_dir, write_json,
@@ -251,6 +253,7 @@ impl Runtime {
             criu: criu.version().to_string(),
             descriptors,
             cuda,
+            masked_dirs: masked_dirs(&st.config, st.pid)?,
         };
         write_json(&staging.join(META_FILE), &meta)?;
         let paths: Vec<&str> = meta.descriptors.iter().map(|d| d.path.as_str()).collect();
@@ -270,7 +273,8 @@ impl Runtime {
                 .or_else(|| cg.paths.get(cgroups::UNIFIED));
             o.freeze_cgroup = freezer.map(|p| p.to_string_lossy().into_owned());
         }
-        let mut externals = external_mounts(&st.config, &st.bundle, Some(st.pid));
+        let mut externals =
+            external_mounts(&st.config, &st.bundle, Some(st.pid), &meta.masked_dirs);
         externals.extend(cgroup_binds(&st.config, st.pid)?);
         for (dest, _) in externals {
             o.ext_mnt.push(rpc::ExtMountMap {

@@ -220,6 +220,63 @@ impl Drop for RemoveDir {
     }
 }
 
+/// The fresh tmpfs mounts that stand in for the masked directories of a checkpoint
+/// ([`super::MaskedDir`]) while CRIU binds them into the container; unmounted and removed on
+/// drop.
+struct MaskedTmpfs(Vec<PathBuf>);
+
+impl MaskedTmpfs {
+    /// Mounts an empty read-only tmpfs like the one `d` describes in a new directory under
+    /// `parent`, and returns its path. One tmpfs per masked directory, as at create: no two
+    /// masks share a filesystem.
+    fn mount(&mut self, parent: &Path, d: &super::MaskedDir) -> Result<String> {
+        mkdir_0700(parent)?;
+        let path = absolute(&parent.join(self.0.len().to_string()))?;
+        mkdir_0700(&path)?;
+        let data = format!("mode={:o},uid={},gid={}", d.mode, d.uid, d.gid);
+        mount(
+            Some("tmpfs"),
+            &path,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            Some(data.as_str()),
+        )
+        .sys_ctx(|| {
+            format!(
+                "mount a tmpfs for the masked {} on {}",
+                d.path,
+                path.display()
+            )
+        })?;
+        self.0.push(path.clone());
+        Ok(path.to_string_lossy().into_owned())
+    }
+}
+
+impl Drop for MaskedTmpfs {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = umount2(p, MntFlags::MNT_DETACH);
+            let _ = fs::remove_dir(p);
+        }
+        if let Some(parent) = self.0.first().and_then(|p| p.parent()) {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+/// Whether `dest` lies below the destination of a mount of `spec` that is not a bind (proc,
+/// sysfs, a tmpfs): CRIU mounts that itself, with what was in it.
+fn under_restored_mount(spec: &Spec, dest: &str) -> bool {
+    let dest = Path::new(dest);
+    spec.mounts().as_deref().unwrap_or(&[]).iter().any(|m| {
+        !super::externals::is_bind(m)
+            && m.destination() != Path::new("/")
+            && dest != m.destination()
+            && dest.starts_with(m.destination())
+    })
+}
+
 /// Unmounts and removes the restore root on drop.
 struct RootBind(PathBuf);
 
@@ -457,9 +514,17 @@ impl Runtime {
         )
         .sys_ctx(|| format!("bind {} on {}", rootfs.display(), root.display()))?;
         let _root_guard = RootBind(root.clone());
-        let externals = external_mounts(spec, bundle, None);
-        for (dest, src) in &externals {
-            make_mountpoint(&root, dest, Path::new(src))?;
+        let mut masked = MaskedTmpfs(Vec::new());
+        let mut externals = external_mounts(spec, bundle, None, &meta.masked_dirs);
+        for (dest, src) in &mut externals {
+            if let Some(d) = meta.masked_dirs.iter().find(|d| &d.path == dest) {
+                *src = masked.mount(&dir.path().join("masked"), d)?;
+            }
+            // A path under a mount CRIU restores itself (proc, sysfs, a tmpfs) exists there;
+            // the rootfs below that mount needs no mount point.
+            if !under_restored_mount(spec, dest) {
+                make_mountpoint(&root, dest, Path::new(src))?;
+            }
         }
 
         // The init's stdio: pipes and external files are handed to CRIU (fds 4 and up);
@@ -573,6 +638,8 @@ impl Runtime {
         };
         let t0 = std::time::Instant::now();
         let pid = criu.restore_in(session, o, &mut notify).map_err(criu_err);
+        // The restored binds hold the masked tmpfs mounts now: their sources can go.
+        drop(masked);
         if meta.cuda.is_some() {
             let _ = fs::remove_file(dir.path().join("criu-gpu.conf"));
             let _ = fs::remove_dir_all(dir.path().join("criu-plugins"));
