@@ -237,6 +237,56 @@ fn masked_directories_are_empty_read_only_tmpfs_again_after_a_restore() {
     env.remove(&rid);
 }
 
+/// Whether CRIU can load a kernel-feature cache here: its own where /run is a tmpfs, else
+/// cryo's, which needs the mount that holds /run to be unshared (snapshot's `criu::kdat`).
+fn kdat_cache_possible() -> bool {
+    let run_tmpfs = nix::sys::statfs::statfs("/run")
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root_shared = mountinfo.lines().any(|l| {
+        let f: Vec<&str> = l.split(" - ").next().unwrap().split(' ').collect();
+        f[4] == "/" && f[6..].iter().any(|o| o.starts_with("shared:"))
+    });
+    run_tmpfs || !root_shared
+}
+
+#[test]
+fn criu_skips_its_kernel_probe_with_a_cached_kdat() {
+    skip_unless_criu!();
+    if !kdat_cache_possible() {
+        println!("skipped: /run is no tmpfs and the root mount is shared: no kdat cache");
+        return;
+    }
+    let env = Env::new("kdat");
+    let (id, pid) = env.detach("c", &counter_config());
+    wait_count_past(pid, 3);
+    let images = env.dir.path().join("images");
+    env.ok(&[
+        "checkpoint",
+        "--leave-running",
+        "--image-path",
+        images.to_str().unwrap(),
+        &id,
+    ]);
+    let bundle = env.dir.path().join("c");
+    let rid = env.id("r");
+    let rpid = restore(&env, &images, &bundle, &rid);
+    wait_count_past(rpid, 3);
+    // The dump had the cache at the latest after cryo's first probe; the restore loads it.
+    let log = std::fs::read_to_string(images.join("restore.log")).unwrap();
+    assert!(
+        log.contains("Loaded kdat cache from /run/criu.kdat"),
+        "restore.log: {}",
+        log.lines().take(8).collect::<Vec<_>>().join("\n")
+    );
+    // The cache was shown to CRIU alone: nothing is mounted on the host's /run/criu.kdat.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains("/run/criu.kdat"), "{mountinfo}");
+    for c in [&id, &rid] {
+        env.remove(c);
+    }
+}
+
 #[test]
 fn one_image_restores_as_several_containers_side_by_side() {
     skip_unless_criu!();

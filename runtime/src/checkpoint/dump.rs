@@ -4,9 +4,10 @@
 //! back after a dump that leaves the container running or fails.
 
 use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use cryo_snapshot::criu::{ingest, rpc, Criu, Notification, Notify};
+use cryo_snapshot::criu::{ingest, rpc, Criu, Notification, Notify, SpawnOptions};
 use cryo_snapshot::WriterOptions;
 
 use crate::cgroups::{self};
@@ -285,7 +286,23 @@ impl Runtime {
         o.external.extend(external_namespaces(&st.config, st.pid)?);
         o.external
             .extend(meta.descriptors.iter().filter_map(|d| d.external.clone()));
-        criu.dump(o, notify).map_err(criu_err)?;
+        // CRIU may load its kernel-feature cache in a private mount namespace only for a
+        // container in a mount namespace of its own, and with its images and work dir named
+        // by path (see `SpawnOptions::kdat_cache`).
+        let ns = |pid: &str| fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino());
+        let own_mntns = matches!((ns("self"), ns(&st.pid.to_string())), (Ok(a), Ok(b)) if a != b);
+        let kdat_cache = own_mntns && work.is_none();
+        if kdat_cache {
+            o.images_dir_fd = -1;
+            o.images_dir = Some(staging.to_string_lossy().into_owned());
+        }
+        let session = criu
+            .session_with(&SpawnOptions {
+                kdat_cache,
+                ..Default::default()
+            })
+            .map_err(criu_err)?;
+        criu.dump_in(session, o, notify).map_err(criu_err)?;
         Ok(())
     }
 }

@@ -265,6 +265,23 @@ impl Drop for MaskedTmpfs {
     }
 }
 
+/// Whether the container lives in a mount namespace other than this process's: a new one, or
+/// one joined by path that is not this process's own.
+fn has_mount_ns(spec: &Spec) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &Path| fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_deref())
+        .unwrap_or(&[])
+        .iter()
+        .filter(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Mount)
+        .any(|ns| match ns.path() {
+            None => true,
+            Some(p) => ino(p).is_some_and(|i| Some(i) != ino(Path::new("/proc/self/ns/mnt"))),
+        })
+}
+
 /// Whether `dest` lies below the destination of a mount of `spec` that is not a bind (proc,
 /// sysfs, a tmpfs): CRIU mounts that itself, with what was in it.
 fn under_restored_mount(spec: &Spec, dest: &str) -> bool {
@@ -422,7 +439,7 @@ impl Runtime {
             dir,
             opts,
             &criu,
-            &images,
+            (&images, &images_path),
             work.as_ref(),
             &meta,
             &spec,
@@ -492,7 +509,7 @@ impl Runtime {
         dir: &StateDir,
         opts: &RestoreOptions,
         criu: &Criu,
-        images: &File,
+        (images, images_path): (&File, &Path),
         work: Option<&File>,
         meta: &ImageMeta,
         spec: &Spec,
@@ -602,10 +619,19 @@ impl Runtime {
             next_target += 1;
         }
 
+        // CRIU may load its kernel-feature cache in a private mount namespace only for a
+        // container in a mount namespace of its own, and with its images and work dir named
+        // by path (see `SpawnOptions::kdat_cache`).
+        let kdat_cache = has_mount_ns(spec) && work.is_none();
+        if kdat_cache {
+            o.images_dir_fd = -1;
+            o.images_dir = Some(images_path.to_string_lossy().into_owned());
+        }
         let session = criu
             .session_with(&SpawnOptions {
                 fds,
                 join_cgroups: cgroup.join_files(),
+                kdat_cache,
             })
             .map_err(criu_err)?;
         o.cg_root = cgroup_roots(session.pid())?;
