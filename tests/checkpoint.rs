@@ -144,6 +144,149 @@ fn checkpoint_stops_the_container_and_restore_brings_the_tree_back() {
     env.remove(&rid);
 }
 
+/// The mounts at `path` in `pid`'s mount namespace, top last: (fstype, per-mount options).
+fn mounts_at(pid: i64, path: &str) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    text.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let f: Vec<&str> = left.split(' ').collect();
+            let fstype = right.split(' ').next()?;
+            (f[4] == path).then(|| (fstype.to_string(), f[5].to_string()))
+        })
+        .collect()
+}
+
+/// Whether `path` in `pid`'s mount namespace is topped by an empty read-only tmpfs.
+fn masked_dir(pid: i64, path: &str) -> bool {
+    let top = mounts_at(pid, path).pop();
+    let empty =
+        std::fs::read_dir(format!("/proc/{pid}/root{path}")).is_ok_and(|mut d| d.next().is_none());
+    empty && top.is_some_and(|(fs, opts)| fs == "tmpfs" && opts.split(',').any(|o| o == "ro"))
+}
+
+#[test]
+fn masked_directories_are_empty_read_only_tmpfs_again_after_a_restore() {
+    skip_unless_criu!();
+    let env = Env::new("masked");
+    // /mnt is a tmpfs of the spec, masked as well: two mounts at one path, which CRIU dumps
+    // and restores itself; the lone masked directories are left out of the images.
+    let mut config = counter_config();
+    config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/mnt", "type": "tmpfs", "source": "tmpfs"}));
+    config["linux"]["maskedPaths"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("/mnt"));
+    let (id, pid) = env.detach("c", &config);
+    wait_count_past(pid, 3);
+    let lone: Vec<&str> = ["/proc/acpi", "/sys/firmware", "/proc/scsi"]
+        .into_iter()
+        .filter(|p| Path::new(p).is_dir())
+        .collect();
+    for p in lone.iter().chain(&["/mnt"]) {
+        assert!(masked_dir(pid, p), "{p} before the checkpoint");
+    }
+    assert_eq!(mounts_at(pid, "/mnt").len(), 2);
+    let images = env.dir.path().join("images");
+    env.ok(&["checkpoint", "--image-path", images.to_str().unwrap(), &id]);
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(images.join("cryo.json")).unwrap()).unwrap();
+    let recorded: Vec<&str> = meta["masked_dirs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|d| d["path"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(recorded, lone, "cryo.json: masked_dirs");
+
+    let proc_before: Vec<_> = std::fs::read_dir(rootfs().join("proc"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let bundle = env.dir.path().join("c");
+    let rid = env.id("r");
+    let rpid = restore(&env, &images, &bundle, &rid);
+    wait_count_past(rpid, 3);
+    for p in lone.iter().chain(&["/mnt"]) {
+        assert!(masked_dir(rpid, p), "{p} after the restore");
+        assert_eq!(
+            mounts_at(rpid, p).len(),
+            if *p == "/mnt" { 2 } else { 1 },
+            "{p}"
+        );
+    }
+    let o = env.cryo(&["exec", &rid, "mkdir", "/proc/acpi/x"]);
+    assert!(
+        !o.status.success(),
+        "a masked directory is writable after the restore"
+    );
+    // The sources CRIU bound are gone from the host, and nothing was left in the rootfs.
+    let state = env.root.join(&rid);
+    assert!(
+        !state.join("masked").exists(),
+        "masked tmpfs sources left behind"
+    );
+    let proc_after: Vec<_> = std::fs::read_dir(rootfs().join("proc"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(proc_before, proc_after, "the restore wrote into the rootfs");
+    env.remove(&rid);
+}
+
+/// Whether CRIU can load a kernel-feature cache here: its own where /run is a tmpfs, else
+/// cryo's, which needs the mount that holds /run to be unshared (snapshot's `criu::kdat`).
+fn kdat_cache_possible() -> bool {
+    let run_tmpfs = nix::sys::statfs::statfs("/run")
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root_shared = mountinfo.lines().any(|l| {
+        let f: Vec<&str> = l.split(" - ").next().unwrap().split(' ').collect();
+        f[4] == "/" && f[6..].iter().any(|o| o.starts_with("shared:"))
+    });
+    run_tmpfs || !root_shared
+}
+
+#[test]
+fn criu_skips_its_kernel_probe_with_a_cached_kdat() {
+    skip_unless_criu!();
+    if !kdat_cache_possible() {
+        println!("skipped: /run is no tmpfs and the root mount is shared: no kdat cache");
+        return;
+    }
+    let env = Env::new("kdat");
+    let (id, pid) = env.detach("c", &counter_config());
+    wait_count_past(pid, 3);
+    let images = env.dir.path().join("images");
+    env.ok(&[
+        "checkpoint",
+        "--leave-running",
+        "--image-path",
+        images.to_str().unwrap(),
+        &id,
+    ]);
+    let bundle = env.dir.path().join("c");
+    let rid = env.id("r");
+    let rpid = restore(&env, &images, &bundle, &rid);
+    wait_count_past(rpid, 3);
+    // The dump had the cache at the latest after cryo's first probe; the restore loads it.
+    let log = std::fs::read_to_string(images.join("restore.log")).unwrap();
+    assert!(
+        log.contains("Loaded kdat cache from /run/criu.kdat"),
+        "restore.log: {}",
+        log.lines().take(8).collect::<Vec<_>>().join("\n")
+    );
+    // The cache was shown to CRIU alone: nothing is mounted on the host's /run/criu.kdat.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains("/run/criu.kdat"), "{mountinfo}");
+    for c in [&id, &rid] {
+        env.remove(c);
+    }
+}
+
 #[test]
 fn one_image_restores_as_several_containers_side_by_side() {
     skip_unless_criu!();

@@ -4,9 +4,10 @@
 //! back after a dump that leaves the container running or fails.
 
 use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use cryo_snapshot::criu::{ingest, rpc, Criu, Notification, Notify};
+use cryo_snapshot::criu::{ingest, rpc, Criu, Notification, Notify, SpawnOptions};
 use cryo_snapshot::WriterOptions;
 
 use crate::cgroups::{self};
@@ -14,7 +15,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::state::{ContainerState, Status};
 use crate::Runtime;
 
-use super::externals::{cgroup_binds, describe_stdio, external_mounts, external_namespaces};
+use super::externals::{
+    cgroup_binds, describe_stdio, external_mounts, external_namespaces, masked_dirs,
+};
 use super::gpu::{self, CudaImage};
 use super::{
     absolute, base_opts, criu_err, image_dir, mkdir_0700, open_store, open_work_dir, write_json,
@@ -255,6 +258,7 @@ impl Runtime {
             criu: criu.version().to_string(),
             descriptors,
             cuda,
+            masked_dirs: masked_dirs(&st.config, st.pid)?,
         };
         write_json(&staging.join(META_FILE), &meta)?;
         let paths: Vec<&str> = meta.descriptors.iter().map(|d| d.path.as_str()).collect();
@@ -274,7 +278,8 @@ impl Runtime {
                 .or_else(|| cg.paths.get(cgroups::UNIFIED));
             o.freeze_cgroup = freezer.map(|p| p.to_string_lossy().into_owned());
         }
-        let mut externals = external_mounts(&st.config, &st.bundle, Some(st.pid));
+        let mut externals =
+            external_mounts(&st.config, &st.bundle, Some(st.pid), &meta.masked_dirs);
         externals.extend(cgroup_binds(&st.config, st.pid)?);
         for (dest, _) in externals {
             o.ext_mnt.push(rpc::ExtMountMap {
@@ -285,7 +290,23 @@ impl Runtime {
         o.external.extend(external_namespaces(&st.config, st.pid)?);
         o.external
             .extend(meta.descriptors.iter().filter_map(|d| d.external.clone()));
-        criu.dump(o, notify).map_err(criu_err)?;
+        // CRIU may load its kernel-feature cache in a private mount namespace only for a
+        // container in a mount namespace of its own, and with its images and work dir named
+        // by path (see `SpawnOptions::kdat_cache`).
+        let ns = |pid: &str| fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino());
+        let own_mntns = matches!((ns("self"), ns(&st.pid.to_string())), (Ok(a), Ok(b)) if a != b);
+        let kdat_cache = own_mntns && work.is_none();
+        if kdat_cache {
+            o.images_dir_fd = -1;
+            o.images_dir = Some(staging.to_string_lossy().into_owned());
+        }
+        let session = criu
+            .session_with(&SpawnOptions {
+                kdat_cache,
+                ..Default::default()
+            })
+            .map_err(criu_err)?;
+        criu.dump_in(session, o, notify).map_err(criu_err)?;
         Ok(())
     }
 }

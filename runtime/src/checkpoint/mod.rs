@@ -179,6 +179,25 @@ pub struct ImageMeta {
     /// leave it out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cuda: Option<CudaImage>,
+    /// The masked directories CRIU was told are external instead of dumping them: each an
+    /// empty read-only tmpfs, which the restore mounts afresh (absent: none; older cryo
+    /// versions leave it out and CRIU restored them from its images).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked_dirs: Vec<MaskedDir>,
+}
+
+/// A masked directory (`linux.maskedPaths`) as the checkpoint found it: an empty read-only
+/// tmpfs at `path`, whose root had this mode and owner (host ids).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaskedDir {
+    /// The path in the container.
+    pub path: String,
+    /// The permission bits of the tmpfs root.
+    pub mode: u32,
+    /// Its owner.
+    pub uid: u32,
+    /// Its group.
+    pub gid: u32,
 }
 
 /// One stdio fd of the container's init.
@@ -319,6 +338,15 @@ mod tests {
         let with = r#"{"version":1,"id":"c","criu":"4.2.1","descriptors":[],"cuda":{"pids":[2,3],"driver_version":13000}}"#;
         let meta: ImageMeta = serde_json::from_str(with).unwrap();
         assert_eq!(meta.cuda.as_ref().unwrap().pids, [2, 3]);
+        assert_eq!(serde_json::to_string(&meta).unwrap(), with);
+    }
+
+    #[test]
+    fn masked_dirs_are_recorded_only_when_there_are_some() {
+        let with = r#"{"version":1,"id":"c","criu":"4.2.1","descriptors":[],"masked_dirs":[{"path":"/proc/acpi","mode":1023,"uid":0,"gid":0}]}"#;
+        let meta: ImageMeta = serde_json::from_str(with).unwrap();
+        assert_eq!(meta.masked_dirs[0].path, "/proc/acpi");
+        assert_eq!(meta.masked_dirs[0].mode, 0o1777);
         assert_eq!(serde_json::to_string(&meta).unwrap(), with);
     }
 

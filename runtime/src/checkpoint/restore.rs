@@ -220,6 +220,80 @@ impl Drop for RemoveDir {
     }
 }
 
+/// The fresh tmpfs mounts that stand in for the masked directories of a checkpoint
+/// ([`super::MaskedDir`]) while CRIU binds them into the container; unmounted and removed on
+/// drop.
+struct MaskedTmpfs(Vec<PathBuf>);
+
+impl MaskedTmpfs {
+    /// Mounts an empty read-only tmpfs like the one `d` describes in a new directory under
+    /// `parent`, and returns its path. One tmpfs per masked directory, as at create: no two
+    /// masks share a filesystem.
+    fn mount(&mut self, parent: &Path, d: &super::MaskedDir) -> Result<String> {
+        mkdir_0700(parent)?;
+        let path = absolute(&parent.join(self.0.len().to_string()))?;
+        mkdir_0700(&path)?;
+        let data = format!("mode={:o},uid={},gid={}", d.mode, d.uid, d.gid);
+        mount(
+            Some("tmpfs"),
+            &path,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            Some(data.as_str()),
+        )
+        .sys_ctx(|| {
+            format!(
+                "mount a tmpfs for the masked {} on {}",
+                d.path,
+                path.display()
+            )
+        })?;
+        self.0.push(path.clone());
+        Ok(path.to_string_lossy().into_owned())
+    }
+}
+
+impl Drop for MaskedTmpfs {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = umount2(p, MntFlags::MNT_DETACH);
+            let _ = fs::remove_dir(p);
+        }
+        if let Some(parent) = self.0.first().and_then(|p| p.parent()) {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+/// Whether the container lives in a mount namespace other than this process's: a new one, or
+/// one joined by path that is not this process's own.
+fn has_mount_ns(spec: &Spec) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &Path| fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_deref())
+        .unwrap_or(&[])
+        .iter()
+        .filter(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Mount)
+        .any(|ns| match ns.path() {
+            None => true,
+            Some(p) => ino(p).is_some_and(|i| Some(i) != ino(Path::new("/proc/self/ns/mnt"))),
+        })
+}
+
+/// Whether `dest` lies below the destination of a mount of `spec` that is not a bind (proc,
+/// sysfs, a tmpfs): CRIU mounts that itself, with what was in it.
+fn under_restored_mount(spec: &Spec, dest: &str) -> bool {
+    let dest = Path::new(dest);
+    spec.mounts().as_deref().unwrap_or(&[]).iter().any(|m| {
+        !super::externals::is_bind(m)
+            && m.destination() != Path::new("/")
+            && dest != m.destination()
+            && dest.starts_with(m.destination())
+    })
+}
+
 /// Unmounts and removes the restore root on drop.
 struct RootBind(PathBuf);
 
@@ -365,7 +439,7 @@ impl Runtime {
             dir,
             opts,
             &criu,
-            &images,
+            (&images, &images_path),
             work.as_ref(),
             &meta,
             &spec,
@@ -435,7 +509,7 @@ impl Runtime {
         dir: &StateDir,
         opts: &RestoreOptions,
         criu: &Criu,
-        images: &File,
+        (images, images_path): (&File, &Path),
         work: Option<&File>,
         meta: &ImageMeta,
         spec: &Spec,
@@ -457,9 +531,17 @@ impl Runtime {
         )
         .sys_ctx(|| format!("bind {} on {}", rootfs.display(), root.display()))?;
         let _root_guard = RootBind(root.clone());
-        let externals = external_mounts(spec, bundle, None);
-        for (dest, src) in &externals {
-            make_mountpoint(&root, dest, Path::new(src))?;
+        let mut masked = MaskedTmpfs(Vec::new());
+        let mut externals = external_mounts(spec, bundle, None, &meta.masked_dirs);
+        for (dest, src) in &mut externals {
+            if let Some(d) = meta.masked_dirs.iter().find(|d| &d.path == dest) {
+                *src = masked.mount(&dir.path().join("masked"), d)?;
+            }
+            // A path under a mount CRIU restores itself (proc, sysfs, a tmpfs) exists there;
+            // the rootfs below that mount needs no mount point.
+            if !under_restored_mount(spec, dest) {
+                make_mountpoint(&root, dest, Path::new(src))?;
+            }
         }
 
         // The init's stdio: pipes and external files are handed to CRIU (fds 4 and up);
@@ -537,10 +619,19 @@ impl Runtime {
             next_target += 1;
         }
 
+        // CRIU may load its kernel-feature cache in a private mount namespace only for a
+        // container in a mount namespace of its own, and with its images and work dir named
+        // by path (see `SpawnOptions::kdat_cache`).
+        let kdat_cache = has_mount_ns(spec) && work.is_none();
+        if kdat_cache {
+            o.images_dir_fd = -1;
+            o.images_dir = Some(images_path.to_string_lossy().into_owned());
+        }
         let session = criu
             .session_with(&SpawnOptions {
                 fds,
                 join_cgroups: cgroup.join_files(),
+                kdat_cache,
             })
             .map_err(criu_err)?;
         o.cg_root = cgroup_roots(session.pid())?;
@@ -573,6 +664,8 @@ impl Runtime {
         };
         let t0 = std::time::Instant::now();
         let pid = criu.restore_in(session, o, &mut notify).map_err(criu_err);
+        // The restored binds hold the masked tmpfs mounts now: their sources can go.
+        drop(masked);
         if meta.cuda.is_some() {
             let _ = fs::remove_file(dir.path().join("criu-gpu.conf"));
             let _ = fs::remove_dir_all(dir.path().join("criu-plugins"));

@@ -9,6 +9,7 @@
 
 pub mod images;
 pub mod ingest;
+mod kdat;
 pub mod rpc;
 mod swrk;
 
@@ -156,9 +157,17 @@ impl Criu {
     /// answering CRIU's notifications through `notify`. `log` names the log file in the work
     /// dir whose error lines are attached to a failure.
     pub fn dump(&self, opts: rpc::CriuOpts, notify: &mut dyn Notify) -> Result<DumpOutcome> {
-        let resp = self
-            .session()?
-            .request(rpc::CriuReqType::Dump, opts, notify)?;
+        self.dump_in(self.session()?, opts, notify)
+    }
+
+    /// [`Criu::dump`] in a session started by [`Criu::session_with`].
+    pub fn dump_in(
+        &self,
+        session: Session,
+        opts: rpc::CriuOpts,
+        notify: &mut dyn Notify,
+    ) -> Result<DumpOutcome> {
+        let resp = session.request(rpc::CriuReqType::Dump, opts, notify)?;
         Ok(DumpOutcome {
             restored: resp.dump.and_then(|d| d.restored).unwrap_or(false),
         })

@@ -31,6 +31,14 @@ pub struct SpawnOptions<'a> {
     pub fds: Vec<(RawFd, BorrowedFd<'a>)>,
     /// Files (cgroup v1 `tasks`, v2 `cgroup.procs`) into which CRIU writes `0` before exec.
     pub join_cgroups: Vec<PathBuf>,
+    /// Let CRIU load its kernel-feature cache where it cannot keep one itself (see the
+    /// `kdat` module): CRIU then runs in a private copy of the caller's mount namespace. Only
+    /// for a process tree in a mount namespace of its own (CRIU takes a tree in a namespace
+    /// other than its own for one whose mounts it dumps and restores), and only with the
+    /// images named by path (`images_dir`, `images_dir_fd` -1) and no `work_dir_fd`: CRIU
+    /// opens those fds as /proc/CALLER/fd/N, which are mounts of the caller's namespace, and
+    /// mounting on them from another namespace fails (its cgroup yard in the work dir).
+    pub kdat_cache: bool,
 }
 
 /// A running `criu swrk` child and the socket to it.
@@ -79,6 +87,10 @@ impl Session {
             .map(File::from)
             .map_err(|e| Error::io(criu, "memfd_create", e.into()))?;
         let stderr_for_child = stderr.try_clone().map_err(|e| Error::io(criu, "dup", e))?;
+        let kdat = spawn
+            .kdat_cache
+            .then(|| super::kdat::KdatCache::prepare(criu))
+            .flatten();
         let mut cmd = Command::new(criu);
         cmd.args(["swrk", "3"])
             .stdin(Stdio::null())
@@ -97,8 +109,9 @@ impl Session {
                 _ => &mut cmd,
             };
         }
-        // SAFETY: only async-signal-safe calls (open, write, close, dup2, fcntl) between fork
-        // and exec, on memory prepared before the fork.
+        // SAFETY: only async-signal-safe calls (open, write, close, dup2, fcntl; unshare, mount
+        // and setns in `KdatCache::enter`) between fork and exec, on memory prepared before the
+        // fork.
         unsafe {
             cmd.pre_exec(move || {
                 for path in &joins {
@@ -109,6 +122,9 @@ impl Session {
                         return Err(std::io::Error::last_os_error());
                     }
                     libc::close(fd);
+                }
+                if let Some(k) = &kdat {
+                    k.enter();
                 }
                 // Move the extra fds out of the way first so that no target overwrites a
                 // source still to be moved, then into place.
