@@ -96,8 +96,13 @@ pub fn run(a: &Args<'_>) -> Result<()> {
             "working_set_pages": rep.working_set.len(),
             "peak_rss_kib": peak_rss_kib(),
         });
-        // The container may be gone (and its state directory with it): not an error.
-        let _ = std::fs::write(path, serde_json::to_vec_pretty(&json)?);
+        // Written whole or not at all (temp file, rename): whoever waits for the report reads
+        // it as soon as it exists. The container may be gone (and its state directory with
+        // it): not an error.
+        let tmp = path.with_extension("json.tmp");
+        if std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
     }
     Ok(())
 }
