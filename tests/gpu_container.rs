@@ -908,20 +908,27 @@ fn spec_gpus_without_a_gpu_fails_clearly() {
     assert!(!env.dir.path().join("config.json").exists());
 }
 
+/// Returns from the test, saying why, unless it runs as root with CRIU and an NVIDIA GPU.
+macro_rules! skip_unless_real_gpu {
+    () => {
+        skip_unless_root!();
+        if let Err(e) = cryo_snapshot::criu::Criu::locate(None) {
+            println!("skipped: {e}");
+            return;
+        }
+        if !Path::new("/dev/nvidiactl").exists() {
+            println!("skipped: no NVIDIA GPU (/dev/nvidiactl)");
+            return;
+        }
+    };
+}
+
 /// The round trip on a real GPU: the helpers on the host's driver (bound in as `cryo spec
 /// --gpus all` does), cryo on the same driver by its soname.
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn real_gpu_container_round_trip() {
-    skip_unless_root!();
-    if let Err(e) = cryo_snapshot::criu::Criu::locate(None) {
-        println!("skipped: {e}");
-        return;
-    }
-    if !Path::new("/dev/nvidiactl").exists() {
-        println!("skipped: no NVIDIA GPU (/dev/nvidiactl)");
-        return;
-    }
+    skip_unless_real_gpu!();
     let mut gpu = Gpu::new("gpureal", None, &[("a", &[]), ("b", &[])]);
     round_trip(&mut gpu, Via::ImageDir);
 }
@@ -955,15 +962,7 @@ fn cuda_checkpoint_toggle(tool: &Path, pid: i32) -> Duration {
 #[test]
 #[ignore = "needs an NVIDIA GPU, the host's python with PyTorch: scripts/gpu-check runs it"]
 fn real_gpu_pytorch_model_round_trip() {
-    skip_unless_root!();
-    if let Err(e) = cryo_snapshot::criu::Criu::locate(None) {
-        println!("skipped: {e}");
-        return;
-    }
-    if !Path::new("/dev/nvidiactl").exists() {
-        println!("skipped: no NVIDIA GPU (/dev/nvidiactl)");
-        return;
-    }
+    skip_unless_real_gpu!();
     let torch = std::process::Command::new("python3")
         .args(["-c", "import torch; assert torch.cuda.is_available()"])
         .output();
