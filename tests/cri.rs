@@ -758,3 +758,33 @@ fn kubernetes_cri_snapshot_start_through_the_cryo_shim() {
         cri_snapshot_start(&c, &t, "snap");
     }
 }
+
+/// containerd 2.x (the newer references, DESIGN.md), its CRI split into
+/// `io.containerd.cri.v1.runtime` and `.images`: it migrates the `version = 2` configuration.
+fn containerd_2() -> Option<(PathBuf, PathBuf)> {
+    let bin = Path::new("/var/cache/cryo/refs/bin");
+    for b in ["containerd", "ctr"] {
+        if !bin.join(b).is_file() {
+            println!(
+                "skipped: {} is absent (the newer references: see DESIGN.md)",
+                bin.join(b).display()
+            );
+            return None;
+        }
+    }
+    Some((bin.join("containerd"), bin.join("ctr")))
+}
+
+#[test]
+fn kubernetes_cri_pod_through_the_cryo_shim_containerd_2() {
+    if let Some((c, t)) = containerd_2() {
+        cri_flow(&c, &t, "flow2");
+    }
+}
+
+#[test]
+fn kubernetes_cri_snapshot_start_through_the_cryo_shim_containerd_2() {
+    if let Some((c, t)) = containerd_2() {
+        cri_snapshot_start(&c, &t, "snap2");
+    }
+}
