@@ -454,10 +454,20 @@ fn shim_terminal(containerd: &Path, ctr: &Path, tag: &str) {
     assert!(text.contains("got-ping"), "{text}");
 }
 
-const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done";
+/// A shell (the container's pid 1) that counts in memory every 50 ms and writes its count to
+/// /tmp/count when asked (SIGUSR1). Not on every step: a checkpoint taken while the shell
+/// holds the file open cannot be restored where the file is missing (a snapshot holds no
+/// rootfs changes; `ctr container checkpoint` without `--rw` neither).
+const COUNTER: &str =
+    "trap 'echo $i > /tmp/count' USR1; i=0; while true; do i=$((i+1)); sleep 0.05; done";
 
-/// The counter a COUNTER task has reached (read through an exec; the shell rewrites the file
-/// in place, so a read that catches it empty is tried again).
+/// Asks a COUNTER task for its count and prints it once the shell has written it (again and
+/// again: a shell that has yet to set its trap ignores the signal, as a pid 1 does).
+const READ_COUNT: &str = "rm -f /tmp/count; n=0; while [ ! -s /tmp/count ] && [ $n -lt 100 ]; \
+    do kill -USR1 1; sleep 0.02; n=$((n+1)); done; cat /tmp/count 2>/dev/null; true";
+
+/// The counter a COUNTER task has reached (read through an exec; a read that catches the
+/// file being written is tried again).
 fn count(s: &Shimmed, id: &str) -> u64 {
     let fifo = s.c.fifo_dir();
     let mut last = String::new();
@@ -471,8 +481,9 @@ fn count(s: &Shimmed, id: &str) -> u64 {
             "--exec-id",
             &exec_id,
             id,
-            "cat",
-            "/tmp/count",
+            "sh",
+            "-c",
+            READ_COUNT,
         ]);
         if let Ok(n) = out.trim().parse() {
             return n;

@@ -8,14 +8,14 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio as ProcStdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cryo_runtime::Stdio;
@@ -269,19 +269,69 @@ fn copy_stdin(fifo: &Path, sink: &Mutex<Option<File>>) {
     lock(sink).take();
 }
 
-/// A fifo opened for writing without waiting for its reader (O_RDWR, so that a client that
-/// reconnects finds it), or a regular file appended to.
+/// How long Create and Exec wait for the client to open its end of an output fifo.
+const READER_WAIT: Duration = Duration::from_secs(5);
+
+/// A fifo opened for writing once its reader is there (O_RDWR, so that the process's writes
+/// never fail while a client reconnects), or a regular file appended to.
 fn open_fifo_or_file(p: &Path) -> Result<File> {
-    let is_file = std::fs::metadata(p).is_ok_and(|m| m.is_file());
-    if is_file {
+    open_output_fifo(p, READER_WAIT)
+}
+
+/// Clients open their reader before the request, but maybe in a thread that has yet to run:
+/// containerd's fifo package opens in a goroutine, blocking until a writer comes. A reader
+/// whose open starts after every writer is gone waits for the next writer forever, so a
+/// process that exits quickly (an exec of `echo`, CRI's ExecSync) would leave its client
+/// without EOF. Hence a probe first: a non-blocking write-only open succeeds once a reader
+/// exists (one blocked in its open counts, and the probe completes that open), and it is
+/// held until the process's own writer is open, so that the reader never sees zero writers
+/// before the process has run. Without a reader in `wait`, it goes on as before.
+fn open_output_fifo(p: &Path, wait: Duration) -> Result<File> {
+    let is_fifo = std::fs::metadata(p).is_ok_and(|m| m.file_type().is_fifo());
+    if !is_fifo && std::fs::metadata(p).is_ok_and(|m| m.is_file()) {
         return open_log_file(p).map(File::from);
     }
-    OpenOptions::new()
+    let probe = if is_fifo {
+        wait_for_reader(p, wait)
+    } else {
+        None
+    };
+    let f = OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(p)
-        .with_context(|| format!("opening {}", p.display()))
+        .with_context(|| format!("opening {}", p.display()))?;
+    drop(probe);
+    Ok(f)
+}
+
+/// A write-only end of the fifo `p` once a reader has it open; None after `wait` without.
+fn wait_for_reader(p: &Path, wait: Duration) -> Option<File> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let probe = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(p);
+        match probe {
+            Ok(f) => return Some(f),
+            // ENXIO: no reader yet.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && start.elapsed() < wait => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "{}: no reader after {:?} ({e}); the client may miss the end of the output",
+                    p.display(),
+                    start.elapsed()
+                );
+                return None;
+            }
+        }
+    }
 }
 
 fn open_output(t: &Target) -> Result<Option<OwnedFd>> {
@@ -431,6 +481,44 @@ mod tests {
             .write_all(b"err\n")
             .unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "out\nerr\n");
+    }
+
+    /// The client's reader opens late, in a thread of its own (containerd's goroutine), and
+    /// the process has written and exited by then: the reader still gets the output and EOF.
+    #[test]
+    fn a_late_reader_gets_the_output_and_its_end() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("out");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            // A blocking open, as containerd's fifo package does in its goroutine.
+            let mut r = File::open(&path).unwrap();
+            let mut out = String::new();
+            r.read_to_string(&mut out).unwrap();
+            let _ = tx.send(out);
+        });
+        let mut w = open_output_fifo(&fifo, Duration::from_secs(10)).unwrap();
+        w.write_all(b"hi\n").unwrap();
+        drop(w);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)).as_deref(),
+            Ok("hi\n"),
+            "the reader never saw the end of the output"
+        );
+    }
+
+    #[test]
+    fn without_a_reader_the_output_opens_after_the_wait() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("out");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let start = Instant::now();
+        let mut w = open_output_fifo(&fifo, Duration::from_millis(50)).unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        w.write_all(b"buffered").unwrap();
     }
 
     #[test]

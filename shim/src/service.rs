@@ -193,6 +193,10 @@ pub const CUDA_GPU_MAP_ANNOTATION: &str = "io.cryo.cuda-gpu-map";
 /// under the name that follows, leaving the container running.
 pub const SNAPSHOT_IMAGE_PREFIX: &str = "snapshot:";
 
+/// The spec annotation with which containerd's CRI marks a pod's containers: `sandbox` for
+/// the pod's sandbox ("pause") container, `container` for the workload's.
+pub const CRI_CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+
 /// Where a restored container's process tree comes from.
 #[derive(Debug, Clone)]
 enum Restore {
@@ -203,7 +207,9 @@ enum Restore {
 }
 
 /// The restore a Create asks for: a checkpoint directory, or the snapshot annotation of the
-/// bundle's config.json.
+/// bundle's config.json. A pod's sandbox container never restores a snapshot: containerd
+/// copies the pod's annotations (`pod_annotations`) into the sandbox's spec as into its
+/// containers', and the snapshot is the workload's, not the pause process's.
 fn restore_source(
     req: &CreateTaskRequest,
     bundle: &Path,
@@ -217,6 +223,13 @@ fn restore_source(
     let Some(name) = annotation(SNAPSHOT_ANNOTATION) else {
         return Ok(None);
     };
+    if annotation(CRI_CONTAINER_TYPE_ANNOTATION)
+        .as_ref()
+        .and_then(|v| v.as_str())
+        == Some("sandbox")
+    {
+        return Ok(None);
+    }
     let bad = |what: String| {
         rpc_err(
             Code::INVALID_ARGUMENT,
@@ -1324,6 +1337,24 @@ mod tests {
         assert!(restore_source(&req, d.path(), &bundle_spec(d.path()))
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn a_pod_sandbox_cold_starts_and_its_containers_restore() {
+        let req = CreateTaskRequest::default();
+        let d = bundle_with(serde_json::json!({
+            SNAPSHOT_ANNOTATION: "model:warm", CRI_CONTAINER_TYPE_ANNOTATION: "sandbox"
+        }));
+        assert!(restore_source(&req, d.path(), &bundle_spec(d.path()))
+            .unwrap()
+            .is_none());
+        let d = bundle_with(serde_json::json!({
+            SNAPSHOT_ANNOTATION: "model:warm", CRI_CONTAINER_TYPE_ANNOTATION: "container"
+        }));
+        assert!(matches!(
+            restore_source(&req, d.path(), &bundle_spec(d.path())).unwrap(),
+            Some(Restore::Snapshot { name, .. }) if name == "model:warm"
+        ));
     }
 
     #[test]

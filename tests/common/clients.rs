@@ -160,16 +160,48 @@ impl Containerd {
         ns: &str,
         env: &[(&str, &Path)],
     ) -> Containerd {
+        Containerd::start_configured(containerd, ctr, bin_dir, ns, env, None)
+    }
+
+    /// A containerd with its CRI plugin on (`version = 2` config: containerd 1.6 and 1.7).
+    /// `cri` gets the containerd's directory and returns the plugin's configuration (TOML
+    /// tables under `[plugins."io.containerd.grpc.v1.cri"]`); CRI's gRPC service listens on
+    /// the containerd's socket, its containers live in namespace `k8s.io`.
+    pub fn start_cri(
+        containerd: &Path,
+        ctr: &Path,
+        bin_dir: Option<&Path>,
+        env: &[(&str, &Path)],
+        cri: &dyn Fn(&Path) -> String,
+    ) -> Containerd {
+        Containerd::start_configured(containerd, ctr, bin_dir, "k8s.io", env, Some(cri))
+    }
+
+    fn start_configured(
+        containerd: &Path,
+        ctr: &Path,
+        bin_dir: Option<&Path>,
+        ns: &str,
+        env: &[(&str, &Path)],
+        cri: Option<&dyn Fn(&Path) -> String>,
+    ) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("cryo-ctrd-")
             .tempdir()
             .unwrap();
         let d = dir.path();
+        let (disabled, cri_config) = match cri {
+            Some(f) => (r#""io.containerd.nri.v1.nri""#, f(d)),
+            None => (
+                r#""io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images", "io.containerd.nri.v1.nri""#,
+                String::new(),
+            ),
+        };
         let config = format!(
             r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images", "io.containerd.nri.v1.nri"]
+disabled_plugins = [{disabled}]
 [grpc]
   address = "{sock}"
 [ttrpc]
@@ -180,7 +212,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
   address = ""
 [plugins."io.containerd.internal.v1.opt"]
   path = "{opt}"
-"#,
+{cri_config}"#,
             root = d.join("root").display(),
             state = d.join("state").display(),
             sock = d.join("c.sock").display(),
@@ -285,9 +317,17 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
 
     /// Builds a busybox OCI image with umoci and imports it; returns its name.
     pub fn import_busybox(&self) -> String {
+        self.import_image("busybox", &["--config.cmd", "sh"])
+    }
+
+    /// Builds an OCI image `localhost/NAME:latest` of the busybox rootfs with umoci, `config`
+    /// being `umoci config` flags (`--config.cmd sh`), and imports it; returns its name.
+    pub fn import_image(&self, name: &str, config: &[&str]) -> String {
         let d = self.dir.path();
-        let layout = d.join("oci");
+        let layout = d.join(format!("oci-{name}"));
         let image = format!("{}:latest", layout.display());
+        let mut configure = vec!["config", "--image", &image];
+        configure.extend(config);
         let steps: [Vec<&std::ffi::OsStr>; 4] = [
             vec!["init".as_ref(), "--layout".as_ref(), layout.as_os_str()],
             vec!["new".as_ref(), "--image".as_ref(), image.as_ref()],
@@ -298,19 +338,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
                 rootfs().as_os_str(),
                 "/".as_ref(),
             ],
-            vec![
-                "config".as_ref(),
-                "--image".as_ref(),
-                image.as_ref(),
-                "--config.cmd".as_ref(),
-                "sh".as_ref(),
-            ],
+            configure.iter().map(std::ffi::OsStr::new).collect(),
         ];
         for s in steps {
             let o = exec(Command::new("umoci").args(&s));
             assert_eq!(o.code, 0, "umoci {s:?}: {o}");
         }
-        let tar = d.join("busybox.tar");
+        let tar = d.join(format!("{name}.tar"));
         let o = exec(
             Command::new("tar")
                 .arg("-C")
@@ -324,11 +358,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
             "image",
             "import",
             "--base-name",
-            "localhost/busybox",
+            &format!("localhost/{name}"),
             tar.to_str().unwrap(),
         ]);
         assert_eq!(o.code, 0, "ctr image import: {o}");
-        "localhost/busybox:latest".to_string()
+        format!("localhost/{name}:latest")
     }
 }
 
