@@ -132,13 +132,7 @@ fn checkpoint_stops_the_container_and_restore_brings_the_tree_back() {
         .unwrap();
     assert!(seen > before);
     let again = env.dir.path().join("again");
-    env.ok(&[
-        "checkpoint",
-        "--leave-running",
-        "--image-path",
-        again.to_str().unwrap(),
-        &rid,
-    ]);
+    checkpoint_leave_running(&env, &again, &rid);
     let n = count(rpid);
     wait_count_past(rpid, n + 2);
     env.remove(&rid);
@@ -261,13 +255,7 @@ fn criu_skips_its_kernel_probe_with_a_cached_kdat() {
     let (id, pid) = env.detach("c", &counter_config());
     wait_count_past(pid, 3);
     let images = env.dir.path().join("images");
-    env.ok(&[
-        "checkpoint",
-        "--leave-running",
-        "--image-path",
-        images.to_str().unwrap(),
-        &id,
-    ]);
+    checkpoint_leave_running(&env, &images, &id);
     let bundle = env.dir.path().join("c");
     let rid = env.id("r");
     let rpid = restore(&env, &images, &bundle, &rid);
@@ -294,13 +282,7 @@ fn one_image_restores_as_several_containers_side_by_side() {
     let (id, pid) = env.detach("c", &counter_config());
     wait_count_past(pid, 3);
     let images = env.dir.path().join("images");
-    env.ok(&[
-        "checkpoint",
-        "--leave-running",
-        "--image-path",
-        images.to_str().unwrap(),
-        &id,
-    ]);
+    checkpoint_leave_running(&env, &images, &id);
     let frozen = count(pid);
     let bundle = env.dir.path().join("c");
     let a = env.id("a");
@@ -354,13 +336,7 @@ fn failed_checkpoint_leaves_the_container_running_and_the_old_image_intact() {
     let (id, pid) = env.detach("c", &counter_config());
     wait_count_past(pid, 2);
     let images = env.dir.path().join("images");
-    env.ok(&[
-        "checkpoint",
-        "--leave-running",
-        "--image-path",
-        images.to_str().unwrap(),
-        &id,
-    ]);
+    checkpoint_leave_running(&env, &images, &id);
     let old_meta = std::fs::read(images.join("cryo.json")).unwrap();
     let old_files = std::fs::read_dir(&images).unwrap().count();
     env.remove(&id);
@@ -461,13 +437,7 @@ fn restore_refuses_bad_images_and_taken_ids() {
     let (cid, pid) = env.detach("c2", &counter_config());
     wait_count_past(pid, 1);
     let images = env.dir.path().join("images");
-    env.ok(&[
-        "checkpoint",
-        "--leave-running",
-        "--image-path",
-        images.to_str().unwrap(),
-        &cid,
-    ]);
+    checkpoint_leave_running(&env, &images, &cid);
     std::fs::write(images.join("pstree.img"), b"garbage").unwrap();
     let o = env.cryo(&[
         "restore",
@@ -497,6 +467,17 @@ fn restore_refuses_bad_images_and_taken_ids() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("exists"));
     assert_eq!(env.status(&cid), "running");
+}
+
+/// `checkpoint --leave-running --image-path IMAGES ID`, asserting success.
+fn checkpoint_leave_running(env: &Env, images: &Path, id: &str) {
+    env.ok(&[
+        "checkpoint",
+        "--leave-running",
+        "--image-path",
+        images.to_str().unwrap(),
+        id,
+    ]);
 }
 
 /// `checkpoint --store STORE --snapshot NAME ID` (with `--leave-running`), asserting success;

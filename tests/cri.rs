@@ -893,16 +893,6 @@ fn cri_snapshot_start(containerd: &Path, ctr: &Path, tag: &str) {
     );
 }
 
-fn containerd_1_6() -> Option<(PathBuf, PathBuf)> {
-    match (which("containerd"), which("ctr")) {
-        (Some(c), Some(t)) => Some((c, t)),
-        _ => {
-            println!("skipped: containerd/ctr are not installed");
-            None
-        }
-    }
-}
-
 #[test]
 fn kubernetes_cri_pod_through_the_cryo_shim() {
     if let Some((c, t)) = containerd_1_6() {
@@ -915,22 +905,6 @@ fn kubernetes_cri_snapshot_start_through_the_cryo_shim() {
     if let Some((c, t)) = containerd_1_6() {
         cri_snapshot_start(&c, &t, "snap");
     }
-}
-
-/// containerd 2.x (the newer references, DESIGN.md), its CRI split into
-/// `io.containerd.cri.v1.runtime` and `.images`: it migrates the `version = 2` configuration.
-fn containerd_2() -> Option<(PathBuf, PathBuf)> {
-    let bin = Path::new("/var/cache/cryo/refs/bin");
-    for b in ["containerd", "ctr"] {
-        if !bin.join(b).is_file() {
-            println!(
-                "skipped: {} is absent (the newer references: see DESIGN.md)",
-                bin.join(b).display()
-            );
-            return None;
-        }
-    }
-    Some((bin.join("containerd"), bin.join("ctr")))
 }
 
 #[test]

@@ -645,30 +645,6 @@ fn shim_oom(containerd: &Path, ctr: &Path, tag: &str) {
     );
 }
 
-fn containerd_1_6() -> Option<(PathBuf, PathBuf)> {
-    match (which("containerd"), which("ctr")) {
-        (Some(c), Some(t)) => Some((c, t)),
-        _ => {
-            println!("skipped: containerd/ctr are not installed");
-            None
-        }
-    }
-}
-
-fn containerd_2() -> Option<(PathBuf, PathBuf)> {
-    let bin = Path::new("/var/cache/cryo/refs/bin");
-    for b in ["containerd", "ctr"] {
-        if !bin.join(b).is_file() {
-            println!(
-                "skipped: {} is absent (the newer references: see DESIGN.md)",
-                bin.join(b).display()
-            );
-            return None;
-        }
-    }
-    Some((bin.join("containerd"), bin.join("ctr")))
-}
-
 #[test]
 fn containerd_1_6_through_the_cryo_shim() {
     if let Some((c, t)) = containerd_1_6() {

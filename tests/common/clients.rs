@@ -402,3 +402,31 @@ impl Drop for Containerd {
         remove_cgroup(&self.ns, &[]);
     }
 }
+
+/// Debian's containerd and ctr (1.6) on PATH, or None after saying "skipped:".
+pub fn containerd_1_6() -> Option<(PathBuf, PathBuf)> {
+    match (which("containerd"), which("ctr")) {
+        (Some(c), Some(t)) => Some((c, t)),
+        _ => {
+            println!("skipped: containerd/ctr are not installed");
+            None
+        }
+    }
+}
+
+/// containerd 2.x and its ctr from the newer references (DESIGN.md; its CRI split into
+/// `io.containerd.cri.v1.runtime` and `.images` migrates the `version = 2` configuration), or
+/// None after saying "skipped:".
+pub fn containerd_2() -> Option<(PathBuf, PathBuf)> {
+    let bin = Path::new("/var/cache/cryo/refs/bin");
+    for b in ["containerd", "ctr"] {
+        if !bin.join(b).is_file() {
+            println!(
+                "skipped: {} is absent (the newer references: see DESIGN.md)",
+                bin.join(b).display()
+            );
+            return None;
+        }
+    }
+    Some((bin.join("containerd"), bin.join("ctr")))
+}

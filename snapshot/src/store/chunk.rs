@@ -60,7 +60,7 @@ impl Codec {
         }
     }
 
-    pub(crate) fn from_byte(b: u8) -> Option<Self> {
+    fn from_byte(b: u8) -> Option<Self> {
         match b {
             0 => Some(Codec::None),
             1 => Some(Codec::Zstd),

@@ -16,7 +16,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -124,25 +123,33 @@ impl Store {
         tmp: &std::path::Path,
     ) -> Result<Reencoded> {
         let path = self.chunk_path(&digest);
-        let before = fs::metadata(&path)
-            .map_err(|e| Error::io(&path, "stat chunk", e))?
-            .size();
-        // Chunks already encoded at least as strongly are left unread.
-        let mut header = [0u8; chunk::CHUNK_HEADER_LEN];
-        let peeked = fs::File::open(&path)
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
-            .is_ok();
-        if peeked && encoded_as_strongly(Codec::from_byte(header[5]), policy) {
-            return Ok((digest, before, None));
-        }
         let ctx = ChunkCtx {
             snapshot,
             digest: &digest,
         };
+        // One read of the file: its header says whether it is encoded at least as strongly
+        // already (then it is left as is), its payload is decoded and verified otherwise.
+        let old = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::MissingChunk {
+                    snapshot: snapshot.to_string(),
+                    chunk: digest.to_string(),
+                    path,
+                })
+            }
+            Err(e) => return Err(Error::io(&path, "read chunk", e)),
+        };
+        let before = old.len() as u64;
+        let hdr = chunk::parse_header(&ctx, &old, len, before)?;
+        if encoded_as_strongly(hdr.codec, policy) {
+            return Ok((digest, before, None));
+        }
         let mut raw = vec![0u8; len];
-        let old = chunk::read_into(&ctx, &path, &mut raw)?;
+        let payload = old.get(chunk::CHUNK_HEADER_LEN..).unwrap_or_default();
+        chunk::decode_into(&ctx, &hdr, payload, &mut raw)?;
         let (file, codec) = chunk::encode(&raw, policy)?;
-        if codec == Codec::None || codec == old || file.len() as u64 >= before {
+        if codec == Codec::None || codec == hdr.codec || file.len() as u64 >= before {
             return Ok((digest, before, None));
         }
         let t = tmp.join(digest.hex());
@@ -158,12 +165,10 @@ impl Store {
 type Reencoded = (ChunkDigest, u64, Option<(std::path::PathBuf, u64)>);
 
 /// Whether a chunk in `codec` is as small as `policy` would make it, or smaller.
-fn encoded_as_strongly(codec: Option<Codec>, policy: CodecPolicy) -> bool {
+fn encoded_as_strongly(codec: Codec, policy: CodecPolicy) -> bool {
     matches!(
         (codec, policy),
-        (_, CodecPolicy::None)
-            | (Some(Codec::Zstd | Codec::Mixed), _)
-            | (Some(Codec::Lz4), CodecPolicy::Lz4)
+        (_, CodecPolicy::None) | (Codec::Zstd | Codec::Mixed, _) | (Codec::Lz4, CodecPolicy::Lz4)
     )
 }
 

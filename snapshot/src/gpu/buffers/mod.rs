@@ -513,7 +513,7 @@ pub fn load(
             .zip(slices.iter_mut())
             .map(|(b, s)| (b.name.as_str(), s as &mut dyn DevicePtrMut<u8>))
             .collect();
-        load_into(reader, stream, &mut targets, opts, progress)?
+        fill(reader, &index, stream, &mut targets, opts, progress)?
     };
     let named = index
         .buffers
@@ -537,6 +537,18 @@ pub fn load_into(
 ) -> Result<LoadReport> {
     opts.check()?;
     let index = index(reader)?;
+    fill(reader, &index, stream, targets, opts, progress)
+}
+
+/// [`load_into`] with the snapshot's index read already.
+fn fill(
+    reader: &Reader,
+    index: &BufferIndex,
+    stream: &Arc<CudaStream>,
+    targets: &mut [(&str, &mut dyn DevicePtrMut<u8>)],
+    opts: &PipelineOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<LoadReport> {
     let mut metas = Vec::with_capacity(targets.len());
     for (name, target) in targets.iter() {
         let Some(meta) = index.buffers.iter().find(|b| b.name == *name) else {
