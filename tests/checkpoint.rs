@@ -563,9 +563,9 @@ fn checkpoint_into_the_store_and_restore_replicas_from_it() {
     }
 
     // A second checkpoint of the same container stores little that is new.
-    let before = dir_bytes(&store.join("chunks"));
+    let before = dir_bytes(&store.join("packs"));
     checkpoint_into(&env, &store, "counter:v2", &id, true);
-    let added = dir_bytes(&store.join("chunks")) - before;
+    let added = dir_bytes(&store.join("packs")) - before;
     assert!(before > 2_000_000, "the ballast is stored: {before} bytes");
     assert!(
         added * 20 < before,
@@ -611,13 +611,13 @@ fn a_fast_uncompressed_checkpoint_is_compacted_later_and_still_restores() {
         "fast",
         &id,
     ]);
-    let raw = dir_bytes(&store.join("chunks"));
+    let raw = dir_bytes(&store.join("packs"));
     let out = env.ok(&[
         "snapshot", "--store", store_arg, "compact", "fast", "--format", "json",
     ]);
     let rep: Value = serde_json::from_str(&out).unwrap();
     assert!(rep["rewritten"].as_u64().unwrap() > 0, "{rep}");
-    let compacted = dir_bytes(&store.join("chunks"));
+    let compacted = dir_bytes(&store.join("packs"));
     // The ballast is base64 text: zstd takes a quarter of it at least.
     assert!(compacted * 4 < raw * 3, "{raw} -> {compacted} bytes: {rep}");
     let verify = env.cryo(&["snapshot", "--store", store_arg, "verify", "fast"]);
@@ -676,14 +676,7 @@ fn a_failed_ingest_thaws_the_container_and_a_corrupt_snapshot_is_refused() {
         "checkpointed away"
     );
     // Flip one byte in every chunk: the restore is refused before any process exists.
-    let mut chunks = Vec::new();
-    collect(&store.join("chunks"), &mut chunks);
-    for c in &chunks {
-        let mut b = std::fs::read(c).unwrap();
-        let mid = b.len() / 2;
-        b[mid] ^= 0x40;
-        std::fs::write(c, b).unwrap();
-    }
+    assert!(flip_chunks(&store, "c:v1", 0) > 0);
     let bundle = env.dir.path().join("c");
     let rid = env.id("r");
     let o = restore_snapshot(&env, &store, "c:v1", &bundle, &rid);
@@ -694,6 +687,27 @@ fn a_failed_ingest_thaws_the_container_and_a_corrupt_snapshot_is_refused() {
     let o = restore_snapshot(&env, &store, "missing:v9", &bundle, &rid);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("missing:v9"));
+}
+
+/// Flips the middle byte of every chunk record of snapshot `reference` longer than `min_len`
+/// bytes; how many.
+fn flip_chunks(store: &Path, reference: &str, min_len: u64) -> usize {
+    let store = cryo_snapshot::Store::open(store).unwrap();
+    let m = store
+        .load_manifest(&store.resolve(reference).unwrap())
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut flipped = 0;
+    for e in m.extents.iter().filter(|e| seen.insert(e.chunk)) {
+        let loc = store.locate_chunk(&e.chunk).unwrap().unwrap();
+        if loc.len > min_len {
+            let mut b = std::fs::read(&loc.path).unwrap();
+            b[usize::try_from(loc.offset + loc.len / 2).unwrap()] ^= 0x40;
+            std::fs::write(&loc.path, b).unwrap();
+            flipped += 1;
+        }
+    }
+    flipped
 }
 
 fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -982,19 +996,7 @@ fn an_eager_restore_from_a_damaged_snapshot_is_refused_and_nothing_runs() {
     checkpoint_into(&env, &store, "d:v1", &id, false);
     // Damage the big chunks (the ballast, copied in by the lazy-pages server during an eager
     // restore from the store, after CRIU has created the stopped tree).
-    let mut chunks = Vec::new();
-    collect(&store.join("chunks"), &mut chunks);
-    let mut flipped = 0;
-    for c in &chunks {
-        let mut b = std::fs::read(c).unwrap();
-        if b.len() > 16 << 10 {
-            let mid = b.len() / 2;
-            b[mid] ^= 0x40;
-            std::fs::write(c, b).unwrap();
-            flipped += 1;
-        }
-    }
-    assert!(flipped > 0);
+    assert!(flip_chunks(&store, "d:v1", 16 << 10) > 0);
     let bundle = env.dir.path().join("c");
     let rid = env.id("r");
     let o = restore_snapshot(&env, &store, "d:v1", &bundle, &rid);

@@ -244,7 +244,7 @@ impl Bench {
         }
         let measured = match sys.method {
             Method::ImageDir => images.clone(),
-            Method::Store | Method::StoreLazy => store.join("chunks"),
+            Method::Store | Method::StoreLazy => store.join("packs"),
         };
         let (size_bytes, apparent_bytes) = disk_usage(&measured)?;
         let sync = syncfs(&measured)?;

@@ -305,7 +305,7 @@ impl Bench<'_> {
         if !keep {
             return Ok(());
         }
-        let stored = disk_usage(&self.store_dir.join("chunks"))?.1;
+        let stored = disk_usage(&self.store_dir.join("packs"))?.1;
         let (d_ref, s_bw) = (gbps(total, dtoh), gbps(total, save_wall));
         self.push(M_DTOH, d_ref);
         self.push(M_SAVE, s_bw);

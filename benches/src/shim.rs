@@ -378,7 +378,7 @@ impl Bench<'_> {
                     .args(["--leave-running", "--snapshot", &name, &id]),
             )?;
             self.c.remove(&id)?;
-            let (du, _) = disk_usage(&self.store.join("chunks"))?;
+            let (du, _) = disk_usage(&self.store.join("packs"))?;
             #[allow(clippy::cast_precision_loss, reason = "sizes below 2^53 bytes")]
             let mib = du as f64 / f64::from(1u32 << 20);
             self.facts.push((

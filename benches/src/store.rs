@@ -136,7 +136,7 @@ fn timed(mut cmd: Command) -> Result<Duration> {
 
 /// Sum of the file lengths under the store's chunks and manifests (what its snapshots take).
 fn store_bytes(store: &Path) -> Result<u64> {
-    Ok(disk_usage(&store.join("chunks"))?.1 + disk_usage(&store.join("manifests"))?.1)
+    Ok(disk_usage(&store.join("packs"))?.1 + disk_usage(&store.join("manifests"))?.1)
 }
 
 /// Empty series of every metric and system, in table order.

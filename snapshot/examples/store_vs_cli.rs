@@ -180,8 +180,7 @@ fn main() {
             a.batch_mib << 20,
             "bench",
         ));
-        store_bytes =
-            dir_bytes(&store_dir.join("chunks")) + dir_bytes(&store_dir.join("manifests"));
+        store_bytes = dir_bytes(&store_dir.join("packs")) + dir_bytes(&store_dir.join("manifests"));
         zr.push(run("zstd", &["-d", "-q", "-f", zst_s, "-o", "/dev/null"]));
         lr.push(run("lz4", &["-d", "-q", "-f", lz4_s, "/dev/null"]));
         let t = Instant::now();
@@ -207,9 +206,9 @@ fn main() {
     println!("raw {size}  zstd -1 {zsize}  lz4 -1 {lsize}  store (chunks+manifest) {store_bytes}");
     let store = Store::open(&store_dir).expect("store");
     // Second snapshot of unchanged memory.
-    let before = dir_bytes(&store_dir.join("chunks")) + dir_bytes(&store_dir.join("manifests"));
+    let before = dir_bytes(&store_dir.join("packs")) + dir_bytes(&store_dir.join("manifests"));
     let d2 = write_snapshot(&store, &raw, opts, a.batch_mib << 20, "bench:second");
-    let after = dir_bytes(&store_dir.join("chunks")) + dir_bytes(&store_dir.join("manifests"));
+    let after = dir_bytes(&store_dir.join("packs")) + dir_bytes(&store_dir.join("manifests"));
     // Random page fetch: fresh reader, pages drawn uniformly over the image.
     let r = store.reader("bench").expect("reader");
     let mut rng = Rng::new(42);

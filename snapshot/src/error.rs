@@ -19,7 +19,7 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// A chunk file failed verification: bad header, failed decompression or wrong digest.
+    /// A chunk record failed verification: bad header, failed decompression or wrong digest.
     #[error("snapshot {snapshot}: chunk {chunk}: {reason}")]
     CorruptChunk {
         /// The snapshot being read (`sha256:HEX`).
@@ -38,6 +38,14 @@ pub enum Error {
         chunk: String,
         /// Where the chunk was expected.
         path: PathBuf,
+    },
+    /// A pack file is missing, or its header, index or a record could not be read.
+    #[error("pack {}: {reason}", path.display())]
+    BadPack {
+        /// The pack file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
     },
     /// A manifest could not be parsed or does not match its digest.
     #[error("snapshot {snapshot}: manifest: {reason}")]

@@ -424,11 +424,14 @@ fn run_buffers_helper(mode: &str) -> Result<String, String> {
         .object_index("gpu-buffer:a")
         .ok_or("no object for a")?;
     let extent = manifest.object_extents(obj)[1];
-    let path = store.chunk_path(&extent.chunk);
-    let mut bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
-    let mid = bytes.len() / 2;
+    let loc = store
+        .locate_chunk(&extent.chunk)
+        .map_err(s)?
+        .ok_or("chunk in no pack")?;
+    let mut bytes = std::fs::read(&loc.path).map_err(|e| e.to_string())?;
+    let mid = usize::try_from(loc.offset + loc.len / 2).map_err(|e| e.to_string())?;
     bytes[mid] ^= 0x40;
-    std::fs::write(&path, bytes).map_err(|e| e.to_string())?;
+    std::fs::write(&loc.path, bytes).map_err(|e| e.to_string())?;
     refused(
         "a corrupt chunk",
         buffers::load(

@@ -1,7 +1,7 @@
-//! Chunk files: one compressed, content-addressed piece of memory or blob data.
+//! Chunk records: one compressed, content-addressed piece of memory or blob data, stored in a
+//! pack (pack.rs) and found through its index by the blake3 of its uncompressed bytes.
 //!
 //! ```text
-//! chunks/HEX[0..2]/HEX        HEX = blake3 of the uncompressed bytes
 //! +--------+---------+-------+----------+---------+------------+---------------------+
 //! | "CRYC" | ver u8  | codec | reserved | raw_len | stored_len | payload             |
 //! | 4 B    | 1       | u8    | u16 = 0  | u32 LE  | u32 LE     | stored_len bytes    |
@@ -15,21 +15,20 @@
 
 use std::cell::RefCell;
 use std::fs;
-use std::io::Read;
-use std::path::Path;
+use std::os::unix::fs::FileExt;
 
 use crate::error::{Error, Result};
 use crate::store::digest::ChunkDigest;
 
-/// Magic at the start of every chunk file.
+/// Magic at the start of every chunk record.
 pub const CHUNK_MAGIC: [u8; 4] = *b"CRYC";
-/// Chunk file format version of chunks in codecs 0–2 (none, zstd, lz4).
+/// Chunk record format version of chunks in codecs 0–2 (none, zstd, lz4).
 pub const CHUNK_VERSION: u8 = 1;
-/// Chunk file format version of [`Codec::Mixed`] chunks (version 1 readers refuse them).
+/// Chunk record format version of [`Codec::Mixed`] chunks (version 1 readers refuse them).
 pub const CHUNK_VERSION_MIXED: u8 = 2;
 /// The page size [`Codec::Mixed`] classifies by.
 const MIXED_PAGE: usize = 4096;
-/// Size of the chunk file header.
+/// Size of the chunk record header.
 pub const CHUNK_HEADER_LEN: usize = 16;
 /// Largest raw chunk accepted (a limit checked before trusting a header's lengths).
 pub const MAX_CHUNK_RAW: usize = 16 << 20;
@@ -222,7 +221,7 @@ fn encode_mixed(raw: &[u8], level: i32) -> Result<Option<Vec<u8>>> {
     Ok(Some(out))
 }
 
-/// Encodes `raw` as a complete chunk file (header + payload) with `policy`.
+/// Encodes `raw` as a complete chunk record (header + payload) with `policy`.
 pub fn encode(raw: &[u8], policy: CodecPolicy) -> Result<(Vec<u8>, Codec)> {
     let raw_len = u32::try_from(raw.len()).map_err(|_| Error::InvalidInput {
         object: "chunk".into(),
@@ -300,7 +299,7 @@ pub struct ChunkCtx<'a> {
 }
 
 impl ChunkCtx<'_> {
-    fn corrupt(&self, reason: impl Into<String>) -> Error {
+    pub(crate) fn corrupt(&self, reason: impl Into<String>) -> Error {
         Error::CorruptChunk {
             snapshot: self.snapshot.to_string(),
             chunk: self.digest.to_string(),
@@ -317,7 +316,7 @@ pub fn parse_header(
     file_len: u64,
 ) -> Result<ChunkHeader> {
     if header.len() < CHUNK_HEADER_LEN || header[0..4] != CHUNK_MAGIC {
-        return Err(ctx.corrupt("bad magic (not a chunk file)"));
+        return Err(ctx.corrupt("bad magic (not a chunk record)"));
     }
     if header[4] != CHUNK_VERSION && header[4] != CHUNK_VERSION_MIXED {
         return Err(ctx.corrupt(format!(
@@ -350,7 +349,7 @@ pub fn parse_header(
     let want = u64::try_from(CHUNK_HEADER_LEN + stored_len).unwrap_or(u64::MAX);
     if file_len != want {
         return Err(ctx.corrupt(format!(
-            "file is {file_len} bytes, header says {want} (truncated or extended)"
+            "record is {file_len} bytes, header says {want} (truncated or extended)"
         )));
     }
     Ok(ChunkHeader {
@@ -468,44 +467,51 @@ fn decode_mixed(ctx: &ChunkCtx<'_>, payload: &[u8], out: &mut [u8]) -> Result<()
     Ok(())
 }
 
-/// Reads the chunk file at `path` into `out` (its raw length), verified.
-pub fn read_into(ctx: &ChunkCtx<'_>, path: &Path, out: &mut [u8]) -> Result<Codec> {
-    let mut f = match fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::MissingChunk {
-                snapshot: ctx.snapshot.to_string(),
-                chunk: ctx.digest.to_string(),
-                path: path.to_path_buf(),
-            })
-        }
-        Err(e) => return Err(Error::io(path, "open chunk", e)),
-    };
-    let len = f
-        .metadata()
-        .map_err(|e| Error::io(path, "stat chunk", e))?
-        .len();
+/// Reads the chunk record of `record_len` bytes at `offset` of `file` (a pack) into `out` (its
+/// raw length), verified.
+pub fn read_into(
+    ctx: &ChunkCtx<'_>,
+    file: &fs::File,
+    offset: u64,
+    record_len: u64,
+    out: &mut [u8],
+) -> Result<Codec> {
     let mut header = [0u8; CHUNK_HEADER_LEN];
-    f.read_exact(&mut header)
-        .map_err(|_| ctx.corrupt(format!("file is {len} bytes, shorter than a header")))?;
-    let hdr = parse_header(ctx, &header, out.len(), len)?;
-    let read_err = |e: std::io::Error| ctx.corrupt(format!("read failed: {e}"));
+    let read_err = |e: std::io::Error| ctx.corrupt(format!("read failed at offset {offset}: {e}"));
+    if let Err(e) = file.read_exact_at(&mut header, offset) {
+        out.fill(0);
+        return Err(read_err(e));
+    }
+    let hdr = match parse_header(ctx, &header, out.len(), record_len) {
+        Ok(h) => h,
+        Err(e) => {
+            out.fill(0);
+            return Err(e);
+        }
+    };
+    let at = offset + CHUNK_HEADER_LEN as u64;
     if hdr.codec == Codec::None {
         // Read straight into the destination: no intermediate copy for raw chunks.
-        let r = f.read_exact(out).map_err(read_err).and_then(|()| {
-            if ChunkDigest::of(out) == *ctx.digest {
-                Ok(())
-            } else {
-                Err(ctx.corrupt("digest mismatch: the data does not hash to the chunk's name"))
-            }
-        });
+        let r = file
+            .read_exact_at(out, at)
+            .map_err(read_err)
+            .and_then(|()| {
+                if ChunkDigest::of(out) == *ctx.digest {
+                    Ok(())
+                } else {
+                    Err(ctx.corrupt("digest mismatch: the data does not hash to the chunk's name"))
+                }
+            });
         if r.is_err() {
             out.fill(0);
         }
         return r.map(|()| Codec::None);
     }
     let mut payload = vec![0u8; hdr.stored_len];
-    f.read_exact(&mut payload).map_err(read_err)?;
+    if let Err(e) = file.read_exact_at(&mut payload, at) {
+        out.fill(0);
+        return Err(read_err(e));
+    }
     decode_into(ctx, &hdr, &payload, out)?;
     Ok(hdr.codec)
 }

@@ -1,6 +1,6 @@
 //! `compact`: re-encodes a snapshot's chunks with a stronger codec, in place.
 //!
-//! A chunk is named by the blake3 of its raw bytes, whatever its codec, so a chunk file can be
+//! A chunk is found by the blake3 of its raw bytes, whatever its codec, so its record can be
 //! replaced by another encoding of the same bytes without touching any manifest. That lets a
 //! checkpoint store its pages fast (`CodecPolicy::None` or `Lz4`: the container is frozen
 //! meanwhile) and a later `compact` shrink them. Each chunk is read and verified, encoded with
@@ -8,26 +8,24 @@
 //!
 //! Safety against everything else that touches the store:
 //! - It holds the store lock shared, as a writer does, so `gc` waits for it.
-//! - New encodings are written into a temp directory of its own, made durable with one
-//!   `syncfs`, then renamed over the old files. A crash leaves either encoding in place, both
-//!   valid, and temp files that `gc` removes.
-//! - Readers and lazy-pages servers opened either file, and verify what they read.
-//! - Writers that find the chunk present reuse it, whichever encoding it is in.
+//! - Each pack the snapshot names is rewritten under its own name (store/pack.rs): a new file
+//!   in a temp directory of its own, fsynced, renamed over the old one. A crash leaves either
+//!   pack in place, both valid, and temp files that `gc` removes.
+//! - Readers and lazy-pages servers keep the file they opened, and verify what they read.
+//! - Writers that deduplicated against the pack find every chunk still in it.
 
+use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::chunk::{self, ChunkCtx, Codec, CodecPolicy};
 use crate::store::digest::ChunkDigest;
 use crate::store::files::{self, LockMode};
+use crate::store::pack::{self, Keep, Pack, PackEntry};
 use crate::store::Store;
-
-/// Raw bytes re-encoded between two renames: bounds the temp space a compaction holds.
-const BATCH_RAW: u64 = 1 << 30;
 
 /// What `compact` did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -38,7 +36,7 @@ pub struct CompactReport {
     pub chunks: u64,
     /// Chunks replaced by a smaller encoding.
     pub rewritten: u64,
-    /// Bytes of the snapshot's chunk files before.
+    /// Bytes of the snapshot's chunk records before.
     pub bytes_before: u64,
     /// And after.
     pub bytes_after: u64,
@@ -52,117 +50,79 @@ impl Store {
         let id = self.resolve(reference)?;
         let manifest = self.load_manifest(&id)?;
         let snapshot = id.to_string();
-        let mut seen = std::collections::HashSet::new();
-        let chunks: Vec<(ChunkDigest, usize)> = manifest
+        let mine: HashMap<ChunkDigest, usize> = manifest
             .extents
             .iter()
-            .filter(|e| seen.insert(e.chunk))
             .map(|e| (e.chunk, usize::try_from(e.len).unwrap_or(usize::MAX)))
             .collect();
         let tmp = self.tmp_dir().join(files::unique_name("k-"));
         files::mkdir_all(&tmp)?;
-        let result = self.compact_chunks(&snapshot, &chunks, policy, &tmp);
+        let before = AtomicU64::new(0);
+        let after = AtomicU64::new(0);
+        let rewritten = AtomicU64::new(0);
+        let result = (|| -> Result<()> {
+            let dir = self.packs_dir();
+            for name in &manifest.meta.packs {
+                let p = Pack::open(&dir, name)?;
+                pack::rewrite(&p, &tmp, |e, record| {
+                    let Some(&len) = mine.get(&e.digest) else {
+                        return Ok(Keep::Same);
+                    };
+                    let keep = reencode(&snapshot, e, record, len, policy)?;
+                    before.fetch_add(record.len() as u64, Ordering::Relaxed);
+                    let n = match &keep {
+                        Keep::Reencoded(new) => {
+                            rewritten.fetch_add(1, Ordering::Relaxed);
+                            new.len()
+                        }
+                        _ => record.len(),
+                    };
+                    after.fetch_add(n as u64, Ordering::Relaxed);
+                    Ok(keep)
+                })?;
+            }
+            Ok(())
+        })();
         let _ = fs::remove_dir_all(&tmp);
-        let mut report = result?;
-        report.snapshot = snapshot;
-        Ok(report)
-    }
-
-    fn compact_chunks(
-        &self,
-        snapshot: &str,
-        chunks: &[(ChunkDigest, usize)],
-        policy: CodecPolicy,
-        tmp: &std::path::Path,
-    ) -> Result<CompactReport> {
-        let mut report = CompactReport {
-            chunks: chunks.len() as u64,
-            ..CompactReport::default()
-        };
-        let mut start = 0;
-        while start < chunks.len() {
-            let mut raw = 0u64;
-            let mut end = start;
-            while end < chunks.len() && (raw < BATCH_RAW || end == start) {
-                raw += chunks[end].1 as u64;
-                end += 1;
-            }
-            let done: Vec<Result<Reencoded>> = chunks[start..end]
-                .par_iter()
-                .map(|&(digest, len)| self.reencode(snapshot, digest, len, policy, tmp))
-                .collect();
-            let done = done.into_iter().collect::<Result<Vec<_>>>()?;
-            if done.iter().any(|d| d.2.is_some()) {
-                files::syncfs(tmp)?;
-            }
-            for (digest, before, new) in done {
-                report.bytes_before += before;
-                match new {
-                    Some((path, after)) => {
-                        let dest = self.chunk_path(&digest);
-                        fs::rename(&path, &dest)
-                            .map_err(|e| Error::io(&dest, "rename re-encoded chunk", e))?;
-                        report.rewritten += 1;
-                        report.bytes_after += after;
-                    }
-                    None => report.bytes_after += before,
-                }
-            }
-            start = end;
-        }
-        Ok(report)
-    }
-
-    /// Reads and verifies one chunk; writes its `policy` encoding into `tmp` if smaller.
-    fn reencode(
-        &self,
-        snapshot: &str,
-        digest: ChunkDigest,
-        len: usize,
-        policy: CodecPolicy,
-        tmp: &std::path::Path,
-    ) -> Result<Reencoded> {
-        let path = self.chunk_path(&digest);
-        let ctx = ChunkCtx {
+        result?;
+        Ok(CompactReport {
             snapshot,
-            digest: &digest,
-        };
-        // One read of the file: its header says whether it is encoded at least as strongly
-        // already (then it is left as is), its payload is decoded and verified otherwise.
-        let old = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::MissingChunk {
-                    snapshot: snapshot.to_string(),
-                    chunk: digest.to_string(),
-                    path,
-                })
-            }
-            Err(e) => return Err(Error::io(&path, "read chunk", e)),
-        };
-        let before = old.len() as u64;
-        let hdr = chunk::parse_header(&ctx, &old, len, before)?;
-        if encoded_as_strongly(hdr.codec, policy) {
-            return Ok((digest, before, None));
-        }
-        let mut raw = vec![0u8; len];
-        let payload = old.get(chunk::CHUNK_HEADER_LEN..).unwrap_or_default();
-        chunk::decode_into(&ctx, &hdr, payload, &mut raw)?;
-        let (file, codec) = chunk::encode(&raw, policy)?;
-        if codec == Codec::None || codec == hdr.codec || file.len() as u64 >= before {
-            return Ok((digest, before, None));
-        }
-        let t = tmp.join(digest.hex());
-        let mut f = files::create_new(&t)?;
-        f.write_all(&file)
-            .map_err(|e| Error::io(&t, "write chunk", e))?;
-        Ok((digest, before, Some((t, file.len() as u64))))
+            chunks: mine.len() as u64,
+            rewritten: rewritten.into_inner(),
+            bytes_before: before.into_inner(),
+            bytes_after: after.into_inner(),
+        })
     }
 }
 
-/// One chunk after `reencode`: its digest, its file's bytes, and its new encoding (a temp
-/// file and its bytes) when that is smaller.
-type Reencoded = (ChunkDigest, u64, Option<(std::path::PathBuf, u64)>);
+/// Verifies one chunk record and gives its `policy` encoding if that is smaller.
+fn reencode(
+    snapshot: &str,
+    e: &PackEntry,
+    record: &[u8],
+    len: usize,
+    policy: CodecPolicy,
+) -> Result<Keep> {
+    let ctx = ChunkCtx {
+        snapshot,
+        digest: &e.digest,
+    };
+    let before = record.len() as u64;
+    // The header says whether it is encoded at least as strongly already (then it is left as
+    // is); the payload is decoded and verified otherwise.
+    let hdr = chunk::parse_header(&ctx, record, len, before)?;
+    if encoded_as_strongly(hdr.codec, policy) {
+        return Ok(Keep::Same);
+    }
+    let mut raw = vec![0u8; len];
+    let payload = record.get(chunk::CHUNK_HEADER_LEN..).unwrap_or_default();
+    chunk::decode_into(&ctx, &hdr, payload, &mut raw)?;
+    let (new, codec) = chunk::encode(&raw, policy)?;
+    if codec == Codec::None || codec == hdr.codec || new.len() as u64 >= before {
+        return Ok(Keep::Same);
+    }
+    Ok(Keep::Reencoded(new))
+}
 
 /// Whether a chunk in `codec` is as small as `policy` would make it, or smaller.
 fn encoded_as_strongly(codec: Codec, policy: CodecPolicy) -> bool {
@@ -237,11 +197,11 @@ mod tests {
             .unwrap();
         w.commit(Some("raw")).unwrap();
         let m = store.load_manifest(&store.resolve("raw").unwrap()).unwrap();
-        let path = store.chunk_path(&m.extents[0].chunk);
-        let mut bytes = std::fs::read(&path).unwrap();
-        let n = bytes.len();
-        bytes[n - 1] ^= 1;
-        std::fs::write(&path, bytes).unwrap();
+        let loc = store.locate_chunk(&m.extents[0].chunk).unwrap().unwrap();
+        let mut bytes = std::fs::read(&loc.path).unwrap();
+        let last = usize::try_from(loc.offset + loc.len - 1).unwrap();
+        bytes[last] ^= 1;
+        std::fs::write(&loc.path, bytes).unwrap();
         let e = store.compact("raw", CodecPolicy::Zstd(3)).unwrap_err();
         assert!(
             e.to_string().contains(&m.extents[0].chunk.to_string()),

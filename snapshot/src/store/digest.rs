@@ -99,7 +99,7 @@ impl serde::Serialize for SnapshotId {
 }
 
 /// A chunk's identity: the blake3 digest of its uncompressed bytes. Printed as `blake3:HEX`;
-/// its file in the store is `chunks/HEX[0..2]/HEX`.
+/// pack indexes list chunks by it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkDigest(pub [u8; 32]);
 

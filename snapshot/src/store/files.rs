@@ -1,5 +1,5 @@
 //! File plumbing for the store: directories 0700, files 0600, durable atomic replacement
-//! (write to a temp file, fsync, rename, fsync the directory), `syncfs`, and `flock`.
+//! (write to a temp file, fsync, rename, fsync the directory), and `flock`.
 //! Everything that touches the kernel directly lives here.
 
 use std::fs::{self, File, OpenOptions};
@@ -66,18 +66,6 @@ pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     r
-}
-
-/// Flushes every dirty page of the filesystem holding `path` (one call instead of an fsync per
-/// chunk file; the chunks must be durable before a manifest names them).
-pub fn syncfs(path: &Path) -> Result<()> {
-    let f = File::open(path).map_err(|e| Error::io(path, "open for syncfs", e))?;
-    // SAFETY: syncfs takes a file descriptor we own (f is alive for the call) and no pointers.
-    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
-    if rc != 0 {
-        return Err(Error::io(path, "syncfs", std::io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 /// Lock modes for [`flock`].

@@ -3,8 +3,10 @@
 //! `remove` deletes a name, or a snapshot's manifest with every name pointing at it; chunks
 //! stay until `gc`. `gc` runs under the store lock held exclusively (it waits for writers in
 //! progress, whose chunks no manifest names yet) and keeps everything reachable from a name or
-//! from a live reader's lease; it removes unnamed snapshots, unreferenced chunks, writers'
-//! temp directories (debris of killed writers), dead leases and orphan working sets.
+//! from a live reader's lease; it removes unnamed snapshots, writers' temp directories (debris
+//! of killed writers), dead leases and orphan working sets, and the chunks no kept snapshot
+//! references: a pack left with none is removed, a pack with at least a quarter of its bytes
+//! dead is rewritten without them (under its own name, so manifests naming it stay valid).
 
 use std::collections::HashSet;
 use std::fs;
@@ -14,6 +16,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::store::digest::{self, ChunkDigest, SnapshotId};
 use crate::store::files::{self, LockMode};
+use crate::store::pack::{self, Keep, Pack};
 use crate::store::reference::{self, Reference};
 use crate::store::{lease, Store};
 
@@ -33,9 +36,13 @@ pub struct GcReport {
     pub snapshots_kept: usize,
     /// Unnamed, unpinned snapshots removed.
     pub snapshots_removed: usize,
-    /// Chunk files removed.
+    /// Chunks removed.
     pub chunks_removed: u64,
-    /// Bytes of chunk files removed.
+    /// Packs removed (no chunk left).
+    pub packs_removed: u64,
+    /// Packs rewritten without their dead chunks.
+    pub packs_rewritten: u64,
+    /// Bytes freed.
     pub bytes_freed: u64,
     /// Temp entries of writers that are gone.
     pub temp_removed: u64,
@@ -107,30 +114,7 @@ impl Store {
                 report.snapshots_removed += 1;
             }
         }
-        let chunks = self.root().join("chunks");
-        for sub in fs::read_dir(&chunks).map_err(|e| Error::io(&chunks, "read directory", e))? {
-            let sub = sub
-                .map_err(|e| Error::io(&chunks, "read directory", e))?
-                .path();
-            let Ok(entries) = fs::read_dir(&sub) else {
-                continue;
-            };
-            for entry in entries {
-                let entry = entry.map_err(|e| Error::io(&sub, "read directory", e))?;
-                let keep = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(digest::from_hex32)
-                    .is_some_and(|d| live_chunks.contains(&ChunkDigest(d)));
-                if !keep {
-                    let len = entry.metadata().map_or(0, |m| m.len());
-                    let path = entry.path();
-                    fs::remove_file(&path).map_err(|e| Error::io(&path, "remove chunk", e))?;
-                    report.chunks_removed += 1;
-                    report.bytes_freed += len;
-                }
-            }
-        }
+        self.collect_packs(&live_chunks, &mut report)?;
         // With the lock held exclusively no writer is alive: every temp entry is debris.
         let tmp = self.tmp_dir();
         for entry in fs::read_dir(&tmp).map_err(|e| Error::io(&tmp, "read directory", e))? {
@@ -159,6 +143,50 @@ impl Store {
             }
         }
         Ok(report)
+    }
+}
+
+impl Store {
+    /// Removes or rewrites the packs with dead chunks (see the module doc). A pack whose index
+    /// cannot be read stops gc: what it holds cannot be told apart.
+    fn collect_packs(&self, live: &HashSet<ChunkDigest>, report: &mut GcReport) -> Result<()> {
+        let dir = self.packs_dir();
+        let tmp = self.tmp_dir();
+        for name in pack::list(&dir)? {
+            let p = Pack::open(&dir, &name)?;
+            let total: u64 = p.entries().iter().map(|e| u64::from(e.len)).sum();
+            let dead: u64 = p
+                .entries()
+                .iter()
+                .filter(|e| !live.contains(&e.digest))
+                .map(|e| u64::from(e.len))
+                .sum();
+            if dead == 0 || (dead < total && dead * 4 < total) {
+                continue;
+            }
+            if dead == total {
+                fs::remove_file(p.path()).map_err(|e| Error::io(p.path(), "remove pack", e))?;
+                report.chunks_removed += p.entries().len() as u64;
+                report.bytes_freed += p.file_len();
+                report.packs_removed += 1;
+                continue;
+            }
+            let r = pack::rewrite(&p, &tmp, |e, _| {
+                Ok(if live.contains(&e.digest) {
+                    Keep::Same
+                } else {
+                    Keep::Drop
+                })
+            })?;
+            report.chunks_removed += r.dropped;
+            report.bytes_freed += r.bytes_before.saturating_sub(r.bytes_after);
+            if r.bytes_after == 0 {
+                report.packs_removed += 1;
+            } else {
+                report.packs_rewritten += 1;
+            }
+        }
+        Ok(())
     }
 }
 

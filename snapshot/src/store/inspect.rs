@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::store::digest::{ChunkDigest, SnapshotId};
 use crate::store::manifest::{Manifest, ObjectKind};
+use crate::store::pack::{self, Pack};
 use crate::store::{workingset, Store};
 
 /// One line of `ls`.
@@ -71,7 +72,7 @@ pub struct SnapshotInfo {
     pub unique_chunks: usize,
     /// Raw bytes of the distinct chunks.
     pub unique_raw_bytes: u64,
-    /// Bytes of the distinct chunk files on disk (what the snapshot costs with sharing).
+    /// Bytes of the distinct chunk records on disk (what the snapshot costs with sharing).
     pub stored_bytes: u64,
     /// Of those, bytes in chunks no other snapshot references (what removing it frees).
     pub exclusive_stored_bytes: u64,
@@ -183,10 +184,18 @@ impl Store {
                 }
             }
         }
+        // Informational: a pack that cannot be opened counts as empty (verify names it).
+        let dir = self.packs_dir();
+        let packs: Vec<Pack> = m
+            .meta
+            .packs
+            .iter()
+            .filter_map(|n| Pack::open(&dir, n).ok())
+            .collect();
         let mut stored = 0u64;
         let mut exclusive = 0u64;
         for d in unique.keys() {
-            let len = std::fs::metadata(self.chunk_path(d)).map_or(0, |md| md.len());
+            let len = pack::find(&packs, d).map_or(0, |(_, e)| u64::from(e.len));
             stored += len;
             if !others.contains(d) {
                 exclusive += len;

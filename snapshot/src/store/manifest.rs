@@ -4,11 +4,11 @@
 //! manifests/HEX               HEX = sha256 of the whole file = the snapshot ID
 //! offset  size
 //!      0     8  magic "CRYOSNAP"
-//!      8     4  version u32 LE (MANIFEST_VERSION = 1)
+//!      8     4  version u32 LE (MANIFEST_VERSION = 2)
 //!     12     4  meta_len u32 LE
 //!     16     8  n_regions u64 LE
 //!     24     8  n_extents u64 LE
-//!     32  meta_len  metadata, JSON (UTF-8): created, page_size, chunk_size, objects[]
+//!     32  meta_len  metadata, JSON (UTF-8): created, page_size, chunk_size, objects[], packs[]
 //!      .   0..7  zero padding to a multiple of 8
 //!      R  24 * n_regions   region:  object u32, reserved u32 = 0, start u64, len u64
 //!      E  48 * n_extents   extent:  object u32, len u32, vaddr u64, chunk [32] (blake3 raw)
@@ -31,7 +31,8 @@ use crate::store::digest::ChunkDigest;
 /// Magic at the start of every manifest.
 pub const MANIFEST_MAGIC: [u8; 8] = *b"CRYOSNAP";
 /// The manifest format version this build writes and reads.
-pub const MANIFEST_VERSION: u32 = 1;
+/// (2: chunks live in packs the metadata names; 1 named one file per chunk.)
+pub const MANIFEST_VERSION: u32 = 2;
 /// Fixed header length.
 pub const MANIFEST_HEADER_LEN: usize = 32;
 /// Largest manifest accepted (checked before reading the file).
@@ -85,6 +86,8 @@ pub struct Meta {
     pub chunk_size: u64,
     /// The objects, indexed by the `object` field of regions and extents.
     pub objects: Vec<ObjectMeta>,
+    /// The packs (store/pack.rs) holding the extents' chunks, each name once, sorted.
+    pub packs: Vec<String>,
 }
 
 /// An address range of an object that exists in the snapshot.
@@ -255,6 +258,13 @@ impl Manifest {
                 meta.page_size
             )));
         }
+        for (i, p) in meta.packs.iter().enumerate() {
+            if !crate::store::pack::is_pack_name(p) || (i > 0 && meta.packs[i - 1] >= *p) {
+                return Err(bad(format!(
+                    "metadata: packs: {p:?} is not a pack name, or out of order, or repeated"
+                )));
+            }
+        }
         let n_objects = meta.objects.len();
         let mut names = std::collections::HashSet::new();
         for o in &meta.objects {
@@ -400,6 +410,7 @@ mod tests {
                         size: 10,
                     },
                 ],
+                packs: vec!["0123456789abcdef0123456789abcdef".into()],
             },
             regions: vec![
                 Region {

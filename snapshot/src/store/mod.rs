@@ -1,12 +1,12 @@
-//! The snapshot store: a directory of content-addressed chunks, manifests named by their
+//! The snapshot store: packs of content-addressed chunks, manifests named by their
 //! sha256, mutable names pointing at manifests, and working-set sidecars (docs/FORMAT.md).
 //!
 //! ```text
 //! STORE/                      0700 (default /var/lib/cryo/store, CRYO_STORE overrides)
-//!   layout                    "cryo-store 1"
+//!   layout                    "cryo-store 2"
 //!   lock                      flock: writers shared for their life, readers shared while
 //!                             opening, gc and rm exclusive
-//!   chunks/XX/HEX             chunk files (store/chunk.rs), XX = first two hex digits
+//!   packs/NAME                packs of chunk records with their index (store/pack.rs)
 //!   manifests/HEX             manifests (store/manifest.rs), HEX = the snapshot ID
 //!   workingsets/HEX           working-set sidecars (store/workingset.rs)
 //!   refs/NAME/:TAG            "sha256:HEX\n"; NAME may have slashes (nested directories)
@@ -25,6 +25,7 @@ pub mod gc;
 pub mod inspect;
 mod lease;
 pub mod manifest;
+pub mod pack;
 pub mod reader;
 pub mod reference;
 pub mod workingset;
@@ -43,7 +44,18 @@ pub const DEFAULT_STORE: &str = "/var/lib/cryo/store";
 /// Environment variable that overrides [`DEFAULT_STORE`].
 pub const STORE_ENV: &str = "CRYO_STORE";
 /// Contents of the `layout` file.
-pub const STORE_LAYOUT: &str = "cryo-store 1";
+pub const STORE_LAYOUT: &str = "cryo-store 2";
+
+/// Where a chunk's record lies: `len` bytes (chunk header and payload) at `offset` of `path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkLocation {
+    /// The pack file.
+    pub path: PathBuf,
+    /// The record's first byte.
+    pub offset: u64,
+    /// The record's length.
+    pub len: u64,
+}
 
 /// A snapshot store rooted at a directory. Cheap to clone; holds no open files.
 #[derive(Clone, Debug)]
@@ -82,11 +94,8 @@ impl Store {
             Err(e) => return Err(Error::io(&layout, "read", e)),
         }
         files::mkdir_all(&store.root)?;
-        for sub in ["manifests", "workingsets", "refs", "leases", "tmp"] {
+        for sub in ["packs", "manifests", "workingsets", "refs", "leases", "tmp"] {
             files::mkdir_all(&store.root.join(sub))?;
-        }
-        for i in 0..=255u8 {
-            files::mkdir_all(&store.root.join("chunks").join(digest::to_hex(&[i])))?;
         }
         // The layout file is written last: its presence means every directory exists.
         files::write_atomic(
@@ -122,13 +131,29 @@ impl Store {
         self.root.join("refs")
     }
 
-    /// Path of a chunk file.
-    pub fn chunk_path(&self, d: &ChunkDigest) -> PathBuf {
-        let hex = d.hex();
-        self.root.join("chunks").join(&hex[..2]).join(hex)
+    /// The directory of the packs.
+    pub(crate) fn packs_dir(&self) -> PathBuf {
+        self.root.join("packs")
     }
 
-    /// Path of a manifest.
+    /// Where chunk `d` is stored: the first pack holding it (every pack's index is read;
+    /// meant for tools and tests, not for hot paths).
+    pub fn locate_chunk(&self, d: &ChunkDigest) -> Result<Option<ChunkLocation>> {
+        let dir = self.packs_dir();
+        for name in pack::list(&dir)? {
+            let p = pack::Pack::open(&dir, &name)?;
+            if let Some(e) = p.find(d) {
+                return Ok(Some(ChunkLocation {
+                    path: p.path().to_path_buf(),
+                    offset: e.offset,
+                    len: u64::from(e.len),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The manifest of a snapshot.
     pub fn manifest_path(&self, id: &SnapshotId) -> PathBuf {
         self.manifests_dir().join(id.hex())
     }

@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::store::chunk::{self, ChunkCtx};
+use crate::store::chunk::ChunkCtx;
 use crate::store::digest::{ChunkDigest, SnapshotId};
 use crate::store::files::{self, LockMode};
 use crate::store::lease::Lease;
 use crate::store::manifest::{Extent, Manifest, ObjectKind, ObjectMeta, PAGE_SIZE};
+use crate::store::pack::{self, Pack};
 use crate::store::workingset::{self, PageRef};
 use crate::store::Store;
 
@@ -77,6 +78,8 @@ pub struct Reader {
     id_str: String,
     manifest: Manifest,
     by_name: HashMap<String, u32>,
+    /// The packs the manifest names, open, with their verified indexes.
+    packs: Vec<Pack>,
     cache: Mutex<ChunkCache>,
     _lease: Lease,
 }
@@ -90,7 +93,15 @@ impl Reader {
         let id = store.resolve(reference)?;
         let manifest = store.load_manifest(&id)?;
         let lease = Lease::take(&store, &id)?;
+        let packs = pack::open_all(&store.packs_dir(), &manifest.meta.packs);
         drop(lock);
+        let packs = packs.map_err(|e| match e {
+            Error::BadPack { path, reason } => Error::BadPack {
+                path,
+                reason: format!("{reason} (snapshot {id} needs it)"),
+            },
+            e => e,
+        })?;
         let by_name = manifest
             .meta
             .objects
@@ -104,6 +115,7 @@ impl Reader {
             id_str: id.to_string(),
             manifest,
             by_name,
+            packs,
             cache: Mutex::new(ChunkCache {
                 cap: DEFAULT_CACHE_CHUNKS,
                 tick: 0,
@@ -163,7 +175,18 @@ impl Reader {
 
     /// Reads and verifies one whole chunk into `out` (its raw length).
     fn read_chunk_into(&self, e: &Extent, out: &mut [u8]) -> Result<()> {
-        chunk::read_into(&self.ctx(&e.chunk), &self.store.chunk_path(&e.chunk), out).map(|_| ())
+        let ctx = self.ctx(&e.chunk);
+        match pack::find(&self.packs, &e.chunk) {
+            Some((p, entry)) => p.read_chunk_into(&ctx, entry, out).map(|_| ()),
+            None => {
+                out.fill(0);
+                Err(Error::MissingChunk {
+                    snapshot: self.id_str.clone(),
+                    chunk: e.chunk.to_string(),
+                    path: self.store.packs_dir(),
+                })
+            }
+        }
     }
 
     fn cached_chunk(&self, e: &Extent) -> Result<Arc<Vec<u8>>> {

@@ -20,14 +20,27 @@ fn store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
-fn chunk_files(store: &Store) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for sub in fs::read_dir(store.root().join("chunks")).unwrap() {
-        for f in fs::read_dir(sub.unwrap().path()).unwrap() {
-            out.push(f.unwrap().path());
-        }
-    }
+fn pack_files(store: &Store) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = fs::read_dir(store.root().join("packs"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    out.sort();
     out
+}
+
+/// Chunks in the store's packs.
+fn stored_chunks(store: &Store) -> usize {
+    pack_files(store)
+        .iter()
+        .map(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            pack::Pack::open(&store.packs_dir(), name)
+                .unwrap()
+                .entries()
+                .len()
+        })
+        .sum()
 }
 
 /// Writes `image` at `base` of object "pid-1" in batches of `batch` pages.
@@ -100,8 +113,9 @@ fn permissions_are_private() {
     write_image(&store, &memory_image(8 * PG, 1), 0, 8, Some("p"));
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(store.root()), 0o700);
-    assert_eq!(mode(&store.root().join("chunks/00")), 0o700);
-    for f in chunk_files(&store) {
+    assert_eq!(mode(&store.root().join("packs")), 0o700);
+    assert!(!pack_files(&store).is_empty());
+    for f in pack_files(&store) {
         assert_eq!(mode(&f), 0o600, "{}", f.display());
     }
     for f in fs::read_dir(store.root().join("manifests")).unwrap() {
@@ -114,7 +128,7 @@ fn dedup_across_snapshots() {
     let (_d, store) = store();
     let image = memory_image(64 * PG, 3);
     let id1 = write_image(&store, &image, 0x10000, 5, Some("a"));
-    let before = chunk_files(&store).len();
+    let before = pack_files(&store);
     // Same memory in different batch sizes: chunks are cut at aligned addresses, so identical.
     let mut w = store.writer().unwrap();
     for (i, piece) in image.chunks(7 * PG).enumerate() {
@@ -127,7 +141,7 @@ fn dedup_across_snapshots() {
     let stats = w.stats();
     let id2 = w.commit(Some("b")).unwrap();
     assert_eq!(stats.new_chunks, 0, "{stats:?}");
-    assert_eq!(chunk_files(&store).len(), before);
+    assert_eq!(pack_files(&store), before, "no new pack");
     let info = store.inspect("b").unwrap();
     assert_eq!(info.id, id2);
     if id1 != id2 {
@@ -176,8 +190,9 @@ fn names_move_and_old_snapshot_stays_until_gc() {
     let rep = store.remove(&b.hex()[..10]).unwrap();
     assert_eq!(rep.snapshot, Some(b));
     assert_eq!(rep.names, vec!["other:latest"]);
-    store.gc().unwrap();
-    assert!(chunk_files(&store).is_empty());
+    let rep = store.gc().unwrap();
+    assert!(rep.packs_removed > 0, "{rep:?}");
+    assert!(pack_files(&store).is_empty());
     assert!(store.list().unwrap().is_empty());
 }
 
@@ -198,13 +213,14 @@ fn reader_lease_pins_against_gc_and_rm() {
 }
 
 #[test]
-fn flipped_truncated_or_missing_chunk_is_an_error_naming_it() {
+fn flipped_chunk_or_damaged_pack_is_an_error_naming_it() {
     let (_d, store) = store();
     let image = memory_image(32 * PG, 11);
     let id = write_image(&store, &image, 0, 32, Some("c"));
     let r = store.reader("c").unwrap();
     let ext = r.manifest().extents[0];
-    let path = store.chunk_path(&ext.chunk);
+    let loc = store.locate_chunk(&ext.chunk).unwrap().unwrap();
+    let path = loc.path.clone();
     let good = fs::read(&path).unwrap();
     let check = |what: &str| {
         let mut r = store.reader("c").unwrap();
@@ -226,19 +242,84 @@ fn flipped_truncated_or_missing_chunk_is_an_error_naming_it() {
         assert_eq!(rep.failures.len(), 1, "{what}");
         assert!(rep.failures[0].to_string().contains(&ext.chunk.hex()));
     };
-    for pos in [0, 5, 16, good.len() / 2, good.len() - 1] {
+    let start = usize::try_from(loc.offset).unwrap();
+    let len = usize::try_from(loc.len).unwrap();
+    // Magic, version, codec, lengths, payload: every byte of the record is checked.
+    for pos in [0, 4, 5, 9, 13, 16, len / 2, len - 1] {
         let mut bad = good.clone();
-        bad[pos] ^= 1;
+        bad[start + pos] ^= 1;
         fs::write(&path, &bad).unwrap();
-        check(&format!("flip at {pos}"));
+        check(&format!("flip at {pos} of the record"));
     }
+    // A damaged index, a truncated or missing pack: the snapshot does not open, and the
+    // error names the pack.
+    let pack_err = |what: &str| {
+        let err = store.reader("c").err().unwrap();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, Error::BadPack { .. }) && msg.contains(&path.display().to_string()),
+            "{what}: {msg}"
+        );
+        msg
+    };
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 80] ^= 1;
+    fs::write(&path, &bad).unwrap();
+    assert!(pack_err("index").contains("checksum"));
     fs::write(&path, &good[..good.len() - 1]).unwrap();
-    check("truncated");
+    pack_err("truncated");
     fs::remove_file(&path).unwrap();
-    check("missing");
+    assert!(pack_err("missing").contains(&id.hex()));
     fs::write(&path, &good).unwrap();
     assert!(store.verify("c").unwrap().failures.is_empty());
     drop(r);
+}
+
+#[test]
+fn gc_rewrites_a_pack_with_dead_chunks_and_keeps_the_live_ones() {
+    let (_d, store) = store();
+    // a: two halves; b: a's first half and new pages. Dropping a kills its second half.
+    let first = memory_image(64 * PG, 21);
+    let second = memory_image(64 * PG, 22);
+    let mut w = store.writer().unwrap();
+    w.object("pid-1").unwrap().add_pages(0, &first).unwrap();
+    w.object("pid-1")
+        .unwrap()
+        .add_pages(first.len() as u64, &second)
+        .unwrap();
+    w.commit(Some("a")).unwrap();
+    let mut w = store.writer().unwrap();
+    w.object("pid-1").unwrap().add_pages(0, &first).unwrap();
+    let mut third = vec![0u8; 16 * PG];
+    Rng::new(23).fill(&mut third);
+    w.object("other").unwrap().add_pages(0, &third).unwrap();
+    w.commit(Some("b")).unwrap();
+    let b = store.reader("b").unwrap();
+    assert_eq!(b.manifest().meta.packs.len(), 2, "a's pack and its own");
+    drop(b);
+    let packs = pack_files(&store);
+    let chunks_before = stored_chunks(&store);
+    store.remove("a").unwrap();
+    let rep = store.gc().unwrap();
+    assert!(
+        rep.packs_rewritten == 1 && rep.chunks_removed > 0 && rep.bytes_freed > 0,
+        "{rep:?}"
+    );
+    assert_eq!(pack_files(&store), packs, "rewritten under the same name");
+    assert_eq!(
+        stored_chunks(&store),
+        chunks_before - usize::try_from(rep.chunks_removed).unwrap()
+    );
+    let r = store.reader("b").unwrap();
+    assert!(r.verify().failures.is_empty());
+    let mut back = vec![0u8; first.len()];
+    r.read_range("pid-1", 0, &mut back).unwrap();
+    assert!(back == first);
+    // Nothing more to collect.
+    drop(r);
+    let again = store.gc().unwrap();
+    assert_eq!((again.chunks_removed, again.packs_removed), (0, 0));
 }
 
 #[test]
@@ -246,13 +327,13 @@ fn corrupt_or_unknown_manifest_version() {
     let (_d, store) = store();
     let id = write_image(&store, &memory_image(8 * PG, 1), 0, 8, Some("v"));
     let mut bytes = fs::read(store.manifest_path(&id)).unwrap();
-    bytes[8] = 2;
+    bytes[8] = 3;
     // A manifest of a future version, stored under its own digest.
     let id2 = SnapshotId::of_manifest(&bytes);
     fs::write(store.manifest_path(&id2), &bytes).unwrap();
     let err = store.reader(&id2.to_string()).err().unwrap();
     assert!(
-        matches!(err, Error::UnsupportedVersion { found: 2, .. }),
+        matches!(err, Error::UnsupportedVersion { found: 3, .. }),
         "{err}"
     );
     assert!(err.to_string().contains(&id2.hex()));
@@ -379,7 +460,7 @@ fn sigkill_mid_commit_leaves_store_readable_and_gc_cleans() {
     let (d, store) = store();
     let image = memory_image(16 * PG, 1);
     let id = write_image(&store, &image, 0, 16, Some("old"));
-    let live_chunks = chunk_files(&store).len();
+    let live_packs = pack_files(&store);
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -403,13 +484,19 @@ fn sigkill_mid_commit_leaves_store_readable_and_gc_cleans() {
     let rc = unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGKILL) };
     assert_eq!(rc, 0);
     child.wait().unwrap();
-    assert!(
-        chunk_files(&store).len() > live_chunks,
-        "the child wrote chunks"
+    assert_eq!(
+        pack_files(&store),
+        live_packs,
+        "no pack of the child's committed"
     );
+    let debris_bytes: u64 = fs::read_dir(store.tmp_dir())
+        .unwrap()
+        .flat_map(|w| fs::read_dir(w.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().metadata().unwrap().len())
+        .sum();
     assert!(
-        fs::read_dir(store.tmp_dir()).unwrap().count() > 0,
-        "debris left"
+        debris_bytes > 8 * 16 * PG as u64,
+        "the child's half-written pack is left"
     );
     // Old snapshot reads fine.
     let r = store.reader("old").unwrap();
@@ -418,8 +505,8 @@ fn sigkill_mid_commit_leaves_store_readable_and_gc_cleans() {
     assert!(back == image);
     drop(r);
     let rep = store.gc().unwrap();
-    assert!(rep.temp_removed > 0 && rep.chunks_removed > 0, "{rep:?}");
-    assert_eq!(chunk_files(&store).len(), live_chunks);
+    assert!(rep.temp_removed > 0, "{rep:?}");
+    assert_eq!(pack_files(&store), live_packs);
     assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
     assert_eq!(store.resolve("old").unwrap(), id);
     assert!(store.verify("old").unwrap().failures.is_empty());
@@ -485,4 +572,19 @@ proptest! {
         prop_assert_eq!(total, placed.iter().map(|(_, d)| d.len()).sum::<usize>());
         prop_assert!(r.verify().failures.is_empty());
     }
+}
+
+#[test]
+fn a_store_of_another_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("layout"), "cryo-store 1\n").unwrap();
+    fs::create_dir(dir.path().join("chunks")).unwrap();
+    let err = Store::open(dir.path()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::UnsupportedStore { .. })
+            && msg.contains("cryo-store 1")
+            && msg.contains(STORE_LAYOUT),
+        "{msg}"
+    );
 }

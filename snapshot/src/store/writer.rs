@@ -7,18 +7,22 @@
 //! inside a chunk window leaves its tail (at most one chunk) buffered until the next batch of
 //! the same object continues it; nothing else of the image is kept in memory.
 //!
+//! Dedup: a writer reads every pack's index when it starts, and stores only chunks that no pack
+//! holds and that it has not stored itself. New chunks go into one pack (store/pack.rs), built
+//! in the writer's `tmp/w-*` directory by all compression threads at once.
+//!
 //! Durability and gc safety: the writer holds the store lock shared for its whole life, so
 //! `gc` (exclusive) never runs while chunks that no manifest names yet are being written or
-//! deduplicated against. Chunk files are written in the writer's `tmp/w-*` directory and renamed
-//! into `chunks/`; `commit` makes them durable with one `syncfs`, then writes the manifest and
-//! the name (temp file, fsync, rename, fsync directory). A writer killed at any point leaves
-//! only unreferenced chunks and a temp directory, which `gc` removes.
+//! deduplicated against. `commit` finishes the pack (index, fsync), renames it into `packs/`,
+//! then writes the manifest and the name (temp file, fsync, rename, fsync directory). A writer
+//! killed at any point leaves a temp directory, or a pack that no manifest names; `gc`
+//! removes both.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
@@ -27,6 +31,7 @@ use crate::store::chunk::{self, CodecPolicy, MAX_CHUNK_RAW};
 use crate::store::digest::{ChunkDigest, SnapshotId};
 use crate::store::files::{self, LockMode};
 use crate::store::manifest::{Extent, Manifest, Meta, ObjectKind, ObjectMeta, Region, PAGE_SIZE};
+use crate::store::pack::{self, PackWriter};
 use crate::store::{reference, Store};
 
 /// Default chunk size: 64 KiB, small enough that one page fault costs one cheap decompression
@@ -64,7 +69,7 @@ pub struct WriteStats {
     pub new_chunks: u64,
     /// Raw bytes of the new chunks.
     pub new_raw_bytes: u64,
-    /// Bytes written to chunk files (headers included).
+    /// Bytes of the new chunks' records in the pack (headers included).
     pub new_stored_bytes: u64,
 }
 
@@ -88,12 +93,26 @@ struct ObjState {
     pending: Option<(u64, Vec<u8>)>,
 }
 
+/// Where chunks go: the store's packs (to dedup against) and the new pack.
+struct Sink {
+    /// Every chunk in the store's packs when the writer started: digest → index into `packs`.
+    known: HashMap<ChunkDigest, u32>,
+    packs: Vec<String>,
+    /// This commit's pack.
+    pack: PackWriter,
+    pack_name: String,
+    /// Chunks stored in `pack` (or being stored).
+    written: Mutex<HashSet<ChunkDigest>>,
+    codec: CodecPolicy,
+}
+
 /// An in-progress snapshot. Dropping it without [`Writer::commit`] abandons it.
 pub struct Writer {
     store: Store,
     opts: WriterOptions,
     tmp: PathBuf,
     _lock: File,
+    sink: Sink,
     objects: Vec<ObjState>,
     by_name: HashMap<String, u32>,
     extents: Vec<Extent>,
@@ -132,11 +151,22 @@ impl Writer {
         let lock = files::lock_file(&store.lock_path(), LockMode::Shared)?;
         let tmp = store.tmp_dir().join(files::unique_name("w-"));
         files::mkdir_all(&tmp)?;
+        let (known, packs) = known_chunks(&store)?;
+        let pack_name = pack::new_pack_name();
+        let sink = Sink {
+            known,
+            packs,
+            pack: PackWriter::create(tmp.join(&pack_name))?,
+            pack_name,
+            written: Mutex::new(HashSet::new()),
+            codec: opts.codec,
+        };
         Ok(Writer {
             store,
             opts,
             tmp,
             _lock: lock,
+            sink,
             objects: Vec::new(),
             by_name: HashMap::new(),
             extents: Vec::new(),
@@ -288,12 +318,10 @@ impl Writer {
         if jobs.is_empty() {
             return Ok(());
         }
-        let store = &self.store;
-        let tmp = &self.tmp;
-        let codec = self.opts.codec;
+        let sink = &self.sink;
         let results: Vec<Result<(Vec<Extent>, WriteStats)>> = jobs
             .par_iter()
-            .map(|(va, data)| window(store, tmp, codec, object, *va, data))
+            .map(|(va, data)| window(sink, object, *va, data))
             .collect();
         for r in results {
             let (ext, st) = r?;
@@ -323,12 +351,35 @@ impl Writer {
         }
         self.flush()?;
         let t0 = std::time::Instant::now();
-        files::syncfs(self.store.root())?;
+        let sink = &self.sink;
+        let new_pack = if sink.pack.is_empty() {
+            None
+        } else {
+            let path = sink.pack.finish()?;
+            let dest = self.store.packs_dir().join(&sink.pack_name);
+            fs::rename(path, &dest).map_err(|e| Error::io(&dest, "rename pack into place", e))?;
+            files::fsync_dir(&self.store.packs_dir())?;
+            Some(sink.pack_name.clone())
+        };
         tracing::debug!(
             ms = t0.elapsed().as_secs_f64() * 1e3,
             new_stored = self.stats.new_stored_bytes,
-            "store: syncfs"
+            "store: pack finished and synced"
         );
+        let mut packs = BTreeSet::new();
+        for e in &self.extents {
+            match sink.known.get(&e.chunk) {
+                Some(&i) => {
+                    packs.insert(sink.packs[usize::try_from(i).unwrap_or(0)].clone());
+                }
+                None => {
+                    packs.insert(new_pack.clone().ok_or_else(|| Error::InvalidInput {
+                        object: e.chunk.to_string(),
+                        reason: "a chunk in no pack (writer bug)".into(),
+                    })?);
+                }
+            }
+        }
         let mut objects = Vec::with_capacity(self.objects.len());
         let mut regions = Vec::new();
         for (i, o) in self.objects.iter().enumerate() {
@@ -360,6 +411,7 @@ impl Writer {
                 page_size: PAGE_SIZE,
                 chunk_size: self.opts.chunk_size as u64,
                 objects,
+                packs: packs.into_iter().collect(),
             },
             regions,
             extents: std::mem::take(&mut self.extents),
@@ -385,14 +437,7 @@ impl Drop for Writer {
 
 /// Processes one chunk window: splits it at zero pages, stores each run of non-zero pages as
 /// one chunk.
-fn window(
-    store: &Store,
-    tmp: &std::path::Path,
-    codec: CodecPolicy,
-    object: u32,
-    va: u64,
-    data: &[u8],
-) -> Result<(Vec<Extent>, WriteStats)> {
+fn window(sink: &Sink, object: u32, va: u64, data: &[u8]) -> Result<(Vec<Extent>, WriteStats)> {
     let mut stats = WriteStats {
         input_bytes: data.len() as u64,
         ..WriteStats::default()
@@ -403,7 +448,7 @@ fn window(
     let mut off = 0usize;
     let mut flush = |from: usize, to: usize, stats: &mut WriteStats| -> Result<()> {
         let raw = &data[from..to];
-        let (digest, new_stored) = store_chunk(store, tmp, codec, raw)?;
+        let (digest, new_stored) = sink.store(raw)?;
         stats.chunks += 1;
         if let Some(n) = new_stored {
             stats.new_chunks += 1;
@@ -436,26 +481,46 @@ fn window(
     Ok((extents, stats))
 }
 
-/// Stores one chunk unless the store has it. Returns its digest and, if it was written, the
-/// bytes written.
-fn store_chunk(
-    store: &Store,
-    tmp: &std::path::Path,
-    codec: CodecPolicy,
-    raw: &[u8],
-) -> Result<(ChunkDigest, Option<u64>)> {
-    let digest = ChunkDigest::of(raw);
-    let path = store.chunk_path(&digest);
-    if path.exists() {
-        return Ok((digest, None));
+impl Sink {
+    /// Stores one chunk unless the store or this writer has it. Returns its digest and, if it
+    /// was stored, the bytes of its record.
+    fn store(&self, raw: &[u8]) -> Result<(ChunkDigest, Option<u64>)> {
+        let digest = ChunkDigest::of(raw);
+        if self.known.contains_key(&digest) {
+            return Ok((digest, None));
+        }
+        let fresh = self
+            .written
+            .lock()
+            .map(|mut w| w.insert(digest))
+            .unwrap_or(false);
+        if !fresh {
+            return Ok((digest, None));
+        }
+        let (record, _codec) = chunk::encode(raw, self.codec)?;
+        self.pack.append(digest, raw.len(), &record)?;
+        Ok((digest, Some(record.len() as u64)))
     }
-    let (file, _codec) = chunk::encode(raw, codec)?;
-    let t = tmp.join(files::unique_name("c-"));
-    let mut f = files::create_new(&t)?;
-    f.write_all(&file)
-        .map_err(|e| Error::io(&t, "write chunk", e))?;
-    drop(f);
-    // Another writer may have stored the same chunk meanwhile: same bytes, rename is harmless.
-    fs::rename(&t, &path).map_err(|e| Error::io(&path, "rename chunk into place", e))?;
-    Ok((digest, Some(file.len() as u64)))
+}
+
+/// Every chunk of the store's packs: digest → index into the returned pack names. A pack whose
+/// index cannot be read is left out (with a warning): nothing will be deduplicated against it.
+fn known_chunks(store: &Store) -> Result<(HashMap<ChunkDigest, u32>, Vec<String>)> {
+    let dir = store.packs_dir();
+    let mut known = HashMap::new();
+    let mut names = Vec::new();
+    for name in pack::list(&dir)? {
+        match pack::Pack::open(&dir, &name) {
+            Ok(p) => {
+                let i = u32::try_from(names.len()).unwrap_or(u32::MAX);
+                known.reserve(p.entries().len());
+                for e in p.entries() {
+                    known.entry(e.digest).or_insert(i);
+                }
+                names.push(name);
+            }
+            Err(e) => tracing::warn!("store: not deduplicating against a pack: {e}"),
+        }
+    }
+    Ok((known, names))
 }
