@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use rayon::prelude::*;
 
 use super::uffd::{self, Copied, Event};
 use super::{LazyPlan, PageSource};
@@ -30,6 +31,8 @@ use crate::{Error, Result};
 /// The end-of-restore marker CRIU sends in place of a pid.
 const RESTORE_FINISHED: i32 = 0x5253_5446;
 const PAGE: u64 = 4096;
+/// The piece of a longer copy that one thread reads and copies.
+const COPY_PIECE: u64 = 256 << 10;
 
 /// How the server copies.
 #[derive(Debug, Clone, Copy)]
@@ -441,14 +444,47 @@ impl<S: PageSource> State<S> {
         self.copy_range(i, start, end)
     }
 
-    /// Copies `[start, end)` (inside one pending range) of task `i` from the store.
+    /// Copies `[start, end)` (inside one pending range) of task `i` from the store. A range
+    /// longer than [`COPY_PIECE`] is read and copied in pieces on every core at once, so that
+    /// decompressing one piece overlaps copying another into the task.
     fn copy_range(&mut self, i: usize, start: u64, end: u64) -> Result<()> {
         let len = usize::try_from(end - start).unwrap_or(0);
         let object = self.tasks[i].object.clone();
-        self.source
-            .read(&object, start, &mut self.buf[..len])
-            .map_err(|e| lazy_err(format!("{object} at {start:#x}: {e}")))?;
-        self.copy_span(i, start, start, end)
+        let piece = usize::try_from(COPY_PIECE).unwrap_or(usize::MAX);
+        if len <= piece {
+            // A fault's window: on this thread, without waking the pool.
+            self.source
+                .read(&object, start, &mut self.buf[..len])
+                .map_err(|e| lazy_err(format!("{object} at {start:#x}: {e}")))?;
+            return self.copy_span(i, start, start, end);
+        }
+        let source = &self.source;
+        let fd = &self.tasks[i].uffd;
+        let results: Vec<(u64, u64, bool, Result<Copied>)> = self.buf[..len]
+            .par_chunks_mut(piece)
+            .enumerate()
+            .map(|(k, data)| {
+                let s = start + (k * piece) as u64;
+                let e = s + data.len() as u64;
+                let r = source
+                    .read(&object, s, data)
+                    .map_err(|err| lazy_err(format!("{object} at {s:#x}: {err}")));
+                let zero = r.is_ok() && data.iter().fold(0u8, |a, &b| a | b) == 0;
+                let r = r.and_then(|()| {
+                    if zero {
+                        uffd::zeropage(fd, s, e - s)
+                    } else {
+                        uffd::copy(fd, s, data)
+                    }
+                    .map_err(|err| lazy_io("copy", err))
+                });
+                (s, e, zero, r)
+            })
+            .collect();
+        for (s, e, zero, r) in results {
+            self.settle(i, start, s, e, zero, r?)?;
+        }
+        Ok(())
     }
 
     /// Copies `[start, end)` of task `i` from `self.buf` (which holds the bytes from `base`).
@@ -468,6 +504,20 @@ impl<S: PageSource> State<S> {
             uffd::copy(fd, start, data)
         }
         .map_err(|e| lazy_io("copy", e))?;
+        self.settle(i, base, start, end, zero, r)
+    }
+
+    /// Acts on the kernel's answer to a copy of `[start, end)` of task `i` (bytes in
+    /// `self.buf` from `base`).
+    fn settle(
+        &mut self,
+        i: usize,
+        base: u64,
+        start: u64,
+        end: u64,
+        zero: bool,
+        r: Copied,
+    ) -> Result<()> {
         tracing::trace!(task = i, start, end, zero, ?r, "copy");
         match r {
             Copied::Done => {

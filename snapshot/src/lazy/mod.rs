@@ -92,8 +92,8 @@ pub fn plan(reader: &Reader) -> Result<LazyPlan> {
 }
 
 /// Where the server reads pages: the store, or anything else that can say what is at an
-/// address (tests).
-pub trait PageSource {
+/// address (tests). Shared by the threads that fill in parallel.
+pub trait PageSource: Sync {
     /// Fills `out` with the bytes of `object` at `start` (inside one region; holes are zeros).
     fn read(&self, object: &str, start: u64, out: &mut [u8]) -> Result<()>;
     /// The recorded working set, pages to fill first.
