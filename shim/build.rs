@@ -2,7 +2,7 @@
 //! shim keeps resident counts per container.
 //! - Packed relative relocations (DT_RELR, glibc 2.36+, binutils 2.38+) shrink the relocation
 //!   table the loader reads at every start from ~600 KiB to a few KiB.
-//! - A position-dependent executable (`-no-pie`), as Go links containerd's runc shim: the
+//! - A position-dependent executable (`-no-pie`), as Debian's Go-built runc shim is: the
 //!   loader then writes nothing into the binary's ~400 KiB of vtables and other pointer
 //!   tables (.data.rel.ro), so their pages stay clean pages of the file, shared by every shim
 //!   instead of private to each (Private_Dirty 984 -> 620 KiB per shim). The price is that

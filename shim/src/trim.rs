@@ -2,11 +2,11 @@
 //! shim (what most shims are, most of the time) keeps no more than it needs resident.
 //!
 //! Two things stay resident after a request otherwise: the deepest pages of the handler
-//! thread's stack (parsing a bundle's config.json with serde alone reaches ~64 KiB down, and
-//! ttrpc keeps its handler threads for the life of the connection), and free chunks inside
-//! malloc's heap. glibc gives back the first only when a thread exits and the second only at
-//! the heap's top. What this module does not own: which threads exist (ttrpc's pool, the
-//! shim's own threads).
+//! thread's stack (a container's Create takes a handler ~64 KiB down, the deepest page inside
+//! serde_json, and ttrpc keeps its handler threads for the life of the connection), and free
+//! chunks inside malloc's heap. glibc gives back the first only when a thread exits and the
+//! second only at the heap's top. What this module does not own: which threads exist (ttrpc's
+//! pool, the shim's own threads).
 
 use std::cell::Cell;
 
