@@ -16,6 +16,7 @@ mod mount;
 mod reaper;
 mod service;
 mod stats;
+mod trim;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -35,6 +35,7 @@ use crate::args::Args;
 use crate::events::{Event, Publisher};
 use crate::io::ProcessIo;
 use crate::reaper::{self, Ops};
+use crate::trim::Trimmed;
 use crate::{mount, stats};
 
 /// The file in a bundle where the shim keeps the runtime settings of its container, for
@@ -1179,22 +1180,25 @@ impl Task for Service {
 }
 
 /// The task methods under both service names containerd uses: `containerd.task.v2.Task`
-/// (containerd 1.6 and 1.7) and `containerd.task.v3.Task` (2.x, same messages).
+/// (containerd 1.6 and 1.7) and `containerd.task.v3.Task` (2.x, same messages), each giving
+/// back the memory a request left behind ([`crate::trim`]).
 fn task_methods(
     service: Arc<Service>,
 ) -> HashMap<String, Box<dyn ttrpc::MethodHandler + Send + Sync>> {
-    let mut methods = create_task(service.clone());
-    let v3: Vec<_> = create_task(service)
-        .into_iter()
+    let v2 = create_task(service.clone());
+    let v3 = create_task(service).into_iter().map(|(k, v)| {
+        (
+            k.replacen("containerd.task.v2.", "containerd.task.v3.", 1),
+            v,
+        )
+    });
+    v2.into_iter()
+        .chain(v3)
         .map(|(k, v)| {
-            (
-                k.replacen("containerd.task.v2.", "containerd.task.v3.", 1),
-                v,
-            )
+            let trimmed: Box<dyn ttrpc::MethodHandler + Send + Sync> = Box::new(Trimmed(v));
+            (k, trimmed)
         })
-        .collect();
-    methods.extend(v3);
-    methods
+        .collect()
 }
 
 /// Logs through the `log` fifo containerd reads in the bundle (non-blocking: a containerd
