@@ -7,7 +7,9 @@ use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use cryo_snapshot::criu::{ingest, rpc, Criu, Notification, Notify, SpawnOptions};
+use cryo_snapshot::criu::{
+    commit_received, rpc, Criu, Notification, Notify, PageServer, SpawnOptions,
+};
 use cryo_snapshot::WriterOptions;
 
 use crate::cgroups::{self};
@@ -125,31 +127,51 @@ impl Runtime {
         }
         let criu = Criu::locate(opts.flags.criu.as_deref()).map_err(criu_err)?;
         let mut report = CheckpointReport::default();
+        // A store checkpoint takes CRIU's pages through a page server, straight into the
+        // store writer while CRIU dumps; the server's socket end for CRIU is duplicated here
+        // until CRIU has it.
+        let server: std::cell::RefCell<Option<PageServer>> = std::cell::RefCell::new(None);
+        let mut ps_fd: Option<std::os::fd::OwnedFd> = None;
+        let server_ref = &server;
         let (staging, mut publish): (_, Box<dyn FnMut() -> Result<()>>) = match &opts.snapshot {
             Some(name) => {
                 let store = open_store(opts.store.as_deref())?;
-                // CRIU's raw images go to a tmpfs and leave it compressed, deduplicated and
-                // verified-on-read in the store. Never on the store's disk: the store's commit
-                // syncs its filesystem, which would write the raw images out first.
+                // CRIU's other images go to a tmpfs and leave it in the store. Never on the
+                // store's disk: the store's commit syncs, which would write them out first.
                 let staging = staging_dir(&dir.path().join("dump"), &st.id)?;
+                let writer = store
+                    .writer_with(WriterOptions {
+                        codec: opts.compression,
+                        ..WriterOptions::default()
+                    })
+                    .map_err(|e| Error::Other(format!("snapshot {name}: {e}")))?;
+                let ps = PageServer::start(writer, criu.version().wide_page_server_header())
+                    .map_err(|e| Error::Other(format!("snapshot {name}: {e}")))?;
+                ps_fd = Some(
+                    ps.criu_fd()
+                        .try_clone_to_owned()
+                        .map_err(|e| Error::Other(format!("page server socket: {e}")))?,
+                );
+                *server.borrow_mut() = Some(ps);
                 let name = name.clone();
                 let report = &mut report;
                 let s2 = staging.clone();
-                let writer = WriterOptions {
-                    codec: opts.compression,
-                    ..WriterOptions::default()
-                };
                 (
                     staging,
                     Box::new(move || {
                         let t0 = std::time::Instant::now();
-                        let r = ingest(&store, &s2, Some(&name), writer)
+                        let ps = server_ref.borrow_mut().take().ok_or_else(|| {
+                            Error::Other(format!("snapshot {name}: published twice"))
+                        })?;
+                        let r = ps
+                            .finish()
+                            .and_then(|received| commit_received(received, &s2, Some(&name)))
                             .map_err(|e| Error::Other(format!("snapshot {name}: {e}")))?;
                         tracing::debug!(
                             ms = t0.elapsed().as_secs_f64() * 1e3,
                             page_bytes = r.page_bytes,
                             new_stored = r.stats.new_stored_bytes,
-                            "ingested the dump into the store"
+                            "committed the dump into the store"
                         );
                         report.snapshot = Some(r.id);
                         report.stats = Some(r.stats);
@@ -201,8 +223,11 @@ impl Runtime {
         let t0 = std::time::Instant::now();
         let r = config.and_then(|config| {
             let image = cuda.as_ref().map(|c| c.image.clone());
-            self.dump_into(&criu, &st, &staging, opts, image, config, &mut notify)
+            let ps = ps_fd.as_ref().map(std::os::fd::AsFd::as_fd);
+            self.dump_into(&criu, &st, &staging, opts, image, config, ps, &mut notify)
         });
+        // CRIU has its own copy (or is gone); a transfer that never finished ends with ours.
+        drop(ps_fd);
         tracing::debug!(
             ms = t0.elapsed().as_secs_f64() * 1e3,
             "criu dump (publish included)"
@@ -213,6 +238,10 @@ impl Runtime {
             (r, None) => r,
         };
         drop(publish);
+        if let Some(ps) = server.borrow_mut().take() {
+            // The dump failed before its post-dump notification: stop the page server.
+            let _ = ps.finish();
+        }
         if cuda.is_some() {
             let _ = fs::remove_file(dir.path().join("criu-gpu.conf"));
             let _ = fs::remove_dir_all(dir.path().join("criu-plugins"));
@@ -249,6 +278,7 @@ impl Runtime {
         opts: &CheckpointOptions,
         cuda: Option<CudaImage>,
         config_file: Option<std::path::PathBuf>,
+        page_server: Option<std::os::fd::BorrowedFd<'_>>,
         notify: &mut dyn Notify,
     ) -> Result<()> {
         let descriptors = describe_stdio(st.pid)?;
@@ -300,9 +330,18 @@ impl Runtime {
             o.images_dir_fd = -1;
             o.images_dir = Some(staging.to_string_lossy().into_owned());
         }
+        // The page server's socket is CRIU's fd 4 (`ps.fd`: CRIU takes it as its own fd).
+        const PS_FD: i32 = 4;
+        if page_server.is_some() {
+            o.ps = Some(rpc::CriuPageServerInfo {
+                fd: Some(PS_FD),
+                ..Default::default()
+            });
+        }
         let session = criu
             .session_with(&SpawnOptions {
                 kdat_cache,
+                fds: page_server.map(|fd| (PS_FD, fd)).into_iter().collect(),
                 ..Default::default()
             })
             .map_err(criu_err)?;

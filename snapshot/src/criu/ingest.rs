@@ -42,13 +42,8 @@ fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Er
     move |e| Error::io(path, op, e)
 }
 
-/// Stores the CRIU images in `dir` as one snapshot, named `name` if given.
-pub fn ingest(
-    store: &Store,
-    dir: &Path,
-    name: Option<&str>,
-    opts: WriterOptions,
-) -> Result<IngestReport> {
+/// The regular files of `dir`, sorted.
+fn file_names(dir: &Path) -> Result<Vec<String>> {
     let mut names: Vec<String> = Vec::new();
     for e in fs::read_dir(dir).map_err(io(dir, "read_dir"))? {
         let e = e.map_err(io(dir, "read_dir"))?;
@@ -57,6 +52,61 @@ pub fn ingest(
         }
     }
     names.sort();
+    Ok(names)
+}
+
+/// Commits a dump whose pages came through the page server (`received`), with the other
+/// images in `dir`, as one snapshot named `name` if given: the same snapshot [`ingest`] makes
+/// of a dump with its pagemaps and pages files (the pagemaps are the ones the page server
+/// built, pages ids from 1).
+pub fn commit_received(
+    received: super::pageserver::Received,
+    dir: &Path,
+    name: Option<&str>,
+) -> Result<IngestReport> {
+    let super::pageserver::Received {
+        writer: mut w,
+        pagemaps,
+        page_bytes,
+    } = received;
+    let mut blob_bytes = 0;
+    for n in file_names(dir)? {
+        if pages_file_id(&n).is_some() || is_pagemap(&n) {
+            return Err(Error::InvalidInput {
+                object: n,
+                reason: "CRIU wrote memory images although its pages went to the page server"
+                    .into(),
+            });
+        }
+        let path = dir.join(&n);
+        let bytes = fs::read(&path).map_err(io(&path, "read"))?;
+        blob_bytes += bytes.len() as u64;
+        w.add_blob(&n, &bytes)?;
+    }
+    for (n, pm) in &pagemaps {
+        let bytes = pm.encode();
+        blob_bytes += bytes.len() as u64;
+        w.add_blob(n, &bytes)?;
+    }
+    w.flush()?;
+    let stats = w.stats();
+    let id = w.commit(name)?;
+    Ok(IngestReport {
+        id,
+        page_bytes,
+        blob_bytes,
+        stats,
+    })
+}
+
+/// Stores the CRIU images in `dir` as one snapshot, named `name` if given.
+pub fn ingest(
+    store: &Store,
+    dir: &Path,
+    name: Option<&str>,
+    opts: WriterOptions,
+) -> Result<IngestReport> {
+    let names = file_names(dir)?;
     let mut w = store.writer_with(opts)?;
     let mut used_pages = std::collections::BTreeSet::new();
     let mut page_bytes = 0;

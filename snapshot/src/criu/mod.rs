@@ -10,6 +10,7 @@
 pub mod images;
 pub mod ingest;
 mod kdat;
+pub mod pageserver;
 pub mod rpc;
 mod swrk;
 
@@ -17,7 +18,10 @@ use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-pub use ingest::{ingest, materialize, materialize_lazy, IngestReport, MaterializeReport};
+pub use ingest::{
+    commit_received, ingest, materialize, materialize_lazy, IngestReport, MaterializeReport,
+};
+pub use pageserver::{PageServer, Received};
 pub use swrk::{Session, SpawnOptions};
 
 use crate::{Error, Result};
