@@ -31,6 +31,8 @@ use crate::{Error, Result};
 /// The end-of-restore marker CRIU sends in place of a pid.
 const RESTORE_FINISHED: i32 = 0x5253_5446;
 const PAGE: u64 = 4096;
+/// How long after a fault the background fill keeps its copies to a fault's window.
+const FAULTING_GRACE: Duration = Duration::from_millis(20);
 /// The piece of a longer copy that one thread reads and copies.
 const COPY_PIECE: u64 = 256 << 10;
 
@@ -215,6 +217,8 @@ struct State<S: PageSource> {
     /// Faults to serve again: `(task, page)`.
     retry: Vec<(usize, u64)>,
     hook: Option<UffdHook>,
+    /// When the last fault came: while the tasks fault, background copies stay small.
+    last_fault: Option<Instant>,
 }
 
 impl<S: PageSource> State<S> {
@@ -235,6 +239,7 @@ impl<S: PageSource> State<S> {
             buf: vec![0u8; cap],
             retry: Vec::new(),
             hook: None,
+            last_fault: None,
         }
     }
 
@@ -414,6 +419,7 @@ impl<S: PageSource> State<S> {
     /// Answers a fault at `page` of task `i`.
     fn fault(&mut self, i: usize, page: u64) -> Result<()> {
         self.report.faults += 1;
+        self.last_fault = Some(Instant::now());
         if self.tasks[i].range_of(page).is_some() {
             let key = (self.tasks[i].object.clone(), page);
             if self.seen.insert(key.clone()) {
@@ -573,7 +579,17 @@ impl<S: PageSource> State<S> {
             return Ok(());
         };
         let (&s, &e) = self.tasks[i].pending.iter().next().unwrap_or((&0, &0));
-        let end = e.min(s + self.opts.fill_window);
+        // A fault waits for the copy in progress: while the tasks are faulting (their first
+        // request after a restore, say), copy a fault's window at a time, not a fill window.
+        let faulting = self
+            .last_fault
+            .is_some_and(|t| t.elapsed() < FAULTING_GRACE);
+        let window = if faulting {
+            self.opts.fault_window
+        } else {
+            self.opts.fill_window
+        };
+        let end = e.min(s + window);
         self.copy_range(i, s, end)
     }
 }
