@@ -8,10 +8,13 @@ line; "ping" gets "ok pong\\n" (touching little memory), anything else "ok <hex>
 64-byte sample per 64 KiB of the whole region, so a restored process proves its memory came
 back. A failure to start is written to model-server.err beside SOCKET. Needs numpy (Debian's python3-numpy); runs under /usr/bin/python3.
 
-    model-server.py SOCKET [SIZE_MIB] [SEED] [MIX] [THREADS]
+    model-server.py SOCKET [SIZE_MIB] [SEED] [MIX] [THREADS] [WEIGHTS]
+    model-server.py --write-weights FILE SIZE_MIB [SEED] [MIX]
 
 MIX is the share of random, zero and text runs as R:Z:T (default 2:1:1, the mix above);
 THREADS (default 1) adds idle threads, for the cost of multi-threaded processes to CRIU.
+WEIGHTS, a file written by --write-weights with the same SIZE_MIB, SEED and MIX, is loaded
+instead of building the memory (what a model server does at a cold start: read its weights).
 """
 
 import hashlib
@@ -93,8 +96,15 @@ def checksum(mem):
     return hashlib.sha256(mem.reshape(-1, 65536)[:, :64].tobytes()).hexdigest()
 
 
-def serve(path, size_mib, seed, mix, threads):
-    mem = build(size_mib, seed, mix)
+def load(weights, size_mib):
+    mem = np.fromfile(weights, dtype=np.uint8)
+    if mem.size != size_mib * MIB:
+        raise ValueError(f"{weights}: {mem.size} bytes, expected {size_mib} MiB")
+    return mem
+
+
+def serve(path, size_mib, seed, mix, threads, weights=None):
+    mem = load(weights, size_mib) if weights else build(size_mib, seed, mix)
     for _ in range(threads - 1):
         threading.Thread(target=threading.Event().wait, daemon=True).start()
     try:
@@ -120,20 +130,40 @@ def serve(path, size_mib, seed, mix, threads):
                 pass
 
 
+def parse_mix(arg):
+    mix = tuple(int(w) for w in arg.split(":"))
+    if len(mix) != 3 or min(mix) < 0 or sum(mix) == 0:
+        raise ValueError(f"MIX must be R:Z:T, three non-negative weights, got {arg}")
+    return mix
+
+
+def write_weights(args):
+    path, size_mib = args[0], int(args[1])
+    seed = int(args[2]) if len(args) > 2 else 1
+    mix = parse_mix(args[3]) if len(args) > 3 else (2, 1, 1)
+    if size_mib <= 0 or size_mib % RUN_MIB:
+        raise ValueError(f"SIZE_MIB must be a positive multiple of {RUN_MIB}, got {size_mib}")
+    tmp = path + ".tmp"
+    build(size_mib, seed, mix).tofile(tmp)
+    os.replace(tmp, path)
+
+
 def main():
+    if sys.argv[1] == "--write-weights":
+        write_weights(sys.argv[2:])
+        return
     path = sys.argv[1]
     try:
         size_mib = int(sys.argv[2]) if len(sys.argv) > 2 else 256
         seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1
-        mix = tuple(int(w) for w in sys.argv[4].split(":")) if len(sys.argv) > 4 else (2, 1, 1)
+        mix = parse_mix(sys.argv[4]) if len(sys.argv) > 4 else (2, 1, 1)
         threads = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+        weights = sys.argv[6] if len(sys.argv) > 6 else None
         if size_mib <= 0 or size_mib % RUN_MIB:
             raise ValueError(f"SIZE_MIB must be a positive multiple of {RUN_MIB}, got {size_mib}")
-        if len(mix) != 3 or min(mix) < 0 or sum(mix) == 0:
-            raise ValueError(f"MIX must be R:Z:T, three non-negative weights, got {sys.argv[4]}")
         if threads < 1:
             raise ValueError(f"THREADS must be at least 1, got {threads}")
-        serve(path, size_mib, seed, mix, threads)
+        serve(path, size_mib, seed, mix, threads, weights)
     except Exception:
         # stdio is /dev/null under `run -d`: leave the reason where the harness looks.
         import traceback

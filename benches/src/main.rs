@@ -517,7 +517,8 @@ fn checkpoint(o: &CheckpointOpts) -> Result<()> {
         String::new()
     };
     let md = format!(
-        "Workload: {} MiB python ({mix}{threads}){}.\n\n{}",
+        "Workload: {} MiB python ({mix}{threads}), its weights loaded from a file at a cold \
+         start{}.\n\n{}",
         o.size_mib,
         if o.drop_caches {
             ", page cache dropped before each restore"

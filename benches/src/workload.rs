@@ -1,6 +1,7 @@
 //! The checkpoint scenario's workload (DESIGN.md's: ½ random, ¼ zero, ¼ text, all resident):
-//! examples/model-server.py in the python bundle, answering on a unix socket that lives in a
-//! host directory bind-mounted into the container, so the harness can ask it from outside.
+//! examples/model-server.py in the python bundle, loading its weights from a file (written
+//! once per size and mix, kept for the next run) and answering on a unix socket that lives in
+//! a host directory bind-mounted into the container, so the harness can ask it from outside.
 //!
 //! This module builds the bundle and asks the server; it knows nothing of runtimes.
 
@@ -15,6 +16,8 @@ use serde_json::{json, Value};
 
 /// Where the socket directory is mounted inside the container.
 const SOCK_DIR_IN_CONTAINER: &str = "/run/bench";
+/// Where the weights directory is mounted inside the container (read-only).
+const WEIGHTS_DIR_IN_CONTAINER: &str = "/srv/weights";
 const SOCK_NAME: &str = "model.sock";
 /// What the server writes beside its socket when it fails to start.
 const ERR_NAME: &str = "model-server.err";
@@ -55,6 +58,12 @@ pub fn bundle(repo: &Path, dir: &Path, size_mib: u64, mix: &str, threads: u32) -
         .with_context(|| format!("resolving {}", dir.display()))?;
     let bundle = dir.join("bundle");
     let sock_dir = dir.join("sock");
+    let weights_dir = dir.join("weights");
+    let weights = weights_file(repo, &weights_dir, size_mib, mix)?;
+    let weights_in = format!(
+        "{WEIGHTS_DIR_IN_CONTAINER}/{}",
+        weights.file_name().unwrap_or_default().to_string_lossy()
+    );
     let script = repo.join("examples/python-bundle.sh");
     let socket_in = format!("{SOCK_DIR_IN_CONTAINER}/{SOCK_NAME}");
     let st = Command::new(&script)
@@ -65,6 +74,7 @@ pub fn bundle(repo: &Path, dir: &Path, size_mib: u64, mix: &str, threads: u32) -
             "1".into(),
             mix.to_string(),
             threads.to_string(),
+            weights_in,
         ])
         .status()
         .with_context(|| format!("running {}", script.display()))?;
@@ -73,7 +83,7 @@ pub fn bundle(repo: &Path, dir: &Path, size_mib: u64, mix: &str, threads: u32) -
     }
     let rootfs = bundle.join("rootfs");
     for d in [
-        rootfs.join("srv"),
+        rootfs.join("srv/weights"),
         rootfs.join("run/bench"),
         sock_dir.clone(),
     ] {
@@ -97,6 +107,12 @@ pub fn bundle(repo: &Path, dir: &Path, size_mib: u64, mix: &str, threads: u32) -
         "source": sock_dir,
         "options": ["rbind", "rw"],
     }));
+    mounts.push(json!({
+        "destination": WEIGHTS_DIR_IN_CONTAINER,
+        "type": "bind",
+        "source": weights_dir,
+        "options": ["rbind", "ro", "nosuid", "nodev"],
+    }));
     std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)
         .with_context(|| format!("writing {}", cfg_path.display()))?;
     Ok(Workload {
@@ -104,6 +120,41 @@ pub fn bundle(repo: &Path, dir: &Path, size_mib: u64, mix: &str, threads: u32) -
         bundle,
         sock_dir,
     })
+}
+
+/// The weights file of `size_mib` MiB mixed as `mix` in `dir`: kept from an earlier run when
+/// it has the right size, else written by model-server.py (other sizes' files are removed
+/// first: an 8 GiB one is large).
+fn weights_file(repo: &Path, dir: &Path, size_mib: u64, mix: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = format!("model-{size_mib}m-{}-seed1.bin", mix.replace(':', "-"));
+    let path = dir.join(&name);
+    let want = size_mib << 20;
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == want) {
+        return Ok(path);
+    }
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let p = e?.path();
+        if p.file_name().is_some_and(|n| n != name.as_str()) {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    eprintln!(
+        "cryo-bench: writing the model's weights ({size_mib} MiB) to {}",
+        path.display()
+    );
+    let script = repo.join("examples/model-server.py");
+    let st = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .args(["--write-weights"])
+        .arg(&path)
+        .args([size_mib.to_string(), "1".into(), mix.to_string()])
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !st.success() {
+        bail!("{} --write-weights: {st}", script.display());
+    }
+    Ok(path)
 }
 
 impl Workload {
@@ -174,5 +225,44 @@ impl Workload {
     /// Removes what a failed server start left behind.
     pub fn clear_error(&self) {
         let _ = std::fs::remove_file(self.sock_dir.join(ERR_NAME));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_written_once_per_size_and_mix_and_hold_the_built_memory() {
+        let numpy = Command::new("/usr/bin/python3")
+            .args(["-c", "import numpy"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !numpy {
+            eprintln!(
+                "skipped: /usr/bin/python3 with numpy is missing (scripts/setup installs it)"
+            );
+            return;
+        }
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let dir = tempfile::tempdir().unwrap();
+        let four = weights_file(&repo, dir.path(), 4, "2:1:1").unwrap();
+        assert_eq!(std::fs::metadata(&four).unwrap().len(), 4 << 20);
+        let written = std::fs::metadata(&four).unwrap().modified().unwrap();
+        // Kept for the next run of the same size and mix.
+        let again = weights_file(&repo, dir.path(), 4, "2:1:1").unwrap();
+        assert_eq!(again, four);
+        assert_eq!(
+            std::fs::metadata(&four).unwrap().modified().unwrap(),
+            written
+        );
+        // The file holds the memory the server would have built, not zeros.
+        let bytes = std::fs::read(&four).unwrap();
+        assert!(bytes[..1 << 20].iter().any(|&b| b != 0));
+        let eight = weights_file(&repo, dir.path(), 8, "1:0:1").unwrap();
+        assert_eq!(std::fs::metadata(&eight).unwrap().len(), 8 << 20);
+        assert!(!four.exists(), "another size's file is removed");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
     }
 }
