@@ -132,8 +132,8 @@ impl Drop for LazyDaemon {
 }
 
 impl Runtime {
-    /// Starts `cryo lazy-pages` in its own session and waits until its socket listens. Its
-    /// log and final report go to the container's state directory.
+    /// Starts `cryo lazy-pages` in its own session ([`StartingDaemon::listening`] waits until
+    /// its socket listens). Its log and final report go to the container's state directory.
     fn spawn_lazy_daemon(
         &self,
         store: &Path,
@@ -141,8 +141,7 @@ impl Runtime {
         socket: &Path,
         state: &Path,
         cgroup: &dyn CgroupManager,
-    ) -> Result<LazyDaemon> {
-        use std::io::Read as _;
+    ) -> Result<StartingDaemon> {
         use std::os::unix::process::CommandExt as _;
         let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .sys_ctx(|| "pipe for the lazy-pages server".into())?;
@@ -193,21 +192,45 @@ impl Runtime {
         drop(wr);
         let pid_file = state.join("lazy-pages.pid");
         let _ = fs::write(&pid_file, child.id().to_string());
-        let mut guard = LazyDaemon { child: Some(child) };
+        Ok(StartingDaemon {
+            guard: LazyDaemon { child: Some(child) },
+            ready: File::from(rd),
+            log_path,
+            started: std::time::Instant::now(),
+        })
+    }
+}
+
+/// A lazy-pages server started and not yet listening: the restore materializes the images
+/// meanwhile.
+struct StartingDaemon {
+    guard: LazyDaemon,
+    ready: File,
+    log_path: PathBuf,
+    started: std::time::Instant,
+}
+
+impl StartingDaemon {
+    /// Waits until the server listens (it writes one byte to its ready fd).
+    fn listening(mut self) -> Result<LazyDaemon> {
+        use std::io::Read as _;
         let mut byte = [0u8; 1];
-        let mut rd = File::from(rd);
-        if rd.read(&mut byte).unwrap_or(0) != 1 {
-            if let Some(c) = guard.child.as_mut() {
+        if self.ready.read(&mut byte).unwrap_or(0) != 1 {
+            if let Some(c) = self.guard.child.as_mut() {
                 let _ = c.wait();
             }
-            guard.child = None;
-            let log = fs::read_to_string(&log_path).unwrap_or_default();
+            self.guard.child = None;
+            let log = fs::read_to_string(&self.log_path).unwrap_or_default();
             return Err(Error::Other(format!(
                 "the lazy-pages server did not start: {}",
                 log.trim()
             )));
         }
-        Ok(guard)
+        tracing::debug!(
+            ms = self.started.elapsed().as_secs_f64() * 1e3,
+            "the lazy-pages server listens"
+        );
+        Ok(self.guard)
     }
 }
 
@@ -332,10 +355,12 @@ impl Runtime {
         let mut opts = &effective;
         let id = dir.id().to_string();
         let (bundle, spec, rootfs) = crate::container::open_bundle(&opts.bundle)?;
+        let cgroup = crate::container::spec_cgroup(&spec, &id)?;
         // A snapshot from the store is written out as CRIU images in the state directory
         // (tmpfs under /run), every chunk verified before any process is created; the
-        // reader's lease pins the snapshot against `gc` meanwhile.
-        let mut lazy_source = None;
+        // reader's lease pins the snapshot against `gc` meanwhile. The lazy-pages server
+        // starts first and opens the snapshot while the images are written.
+        let mut starting = None;
         let (_materialized, images_path) = match &opts.snapshot {
             Some(reference) => {
                 let store = open_store(opts.store.as_deref())?;
@@ -345,6 +370,16 @@ impl Runtime {
                 let path = absolute(&dir.path().join("images"))?;
                 mkdir_0700(&path)?;
                 let guard = RemoveDir(path.clone());
+                if opts.lazy {
+                    let work_dir = opts.work_path.clone().unwrap_or_else(|| path.clone());
+                    starting = Some(self.spawn_lazy_daemon(
+                        store.root(),
+                        &reader.id().to_string(),
+                        &absolute(&work_dir.join("lazy-pages.socket"))?,
+                        &absolute(dir.path())?,
+                        cgroup.as_ref(),
+                    )?);
+                }
                 let t0 = std::time::Instant::now();
                 let m = if opts.lazy {
                     materialize_lazy(&reader, &path)
@@ -358,7 +393,6 @@ impl Runtime {
                     lazy_bytes = m.lazy_bytes,
                     "materialized the images"
                 );
-                lazy_source = Some((store.root().to_path_buf(), reader.id().to_string()));
                 (Some(guard), path)
             }
             None => {
@@ -403,36 +437,16 @@ impl Runtime {
         let criu = Criu::locate(opts.flags.criu.as_deref()).map_err(criu_err)?;
         let images = File::open(&images_path).io_ctx(&images_path)?;
         let work = open_work_dir(opts.work_path.as_deref())?;
-        let cgroup = crate::container::spec_cgroup(&spec, &id)?;
         // The lazy-pages server listens in CRIU's work dir before CRIU starts; it outlives
         // this call when the restore succeeds, and is killed when it fails.
-        let mut daemon = match (opts.lazy, &lazy_source) {
+        let mut daemon = match (opts.lazy, starting) {
             (false, _) => None,
             (true, None) => {
                 return Err(Error::Other(
                     "restore --lazy-pages needs --snapshot (lazy pages come from the store)".into(),
                 ))
             }
-            (true, Some((store, snapshot))) => {
-                let work_dir = opts
-                    .work_path
-                    .clone()
-                    .unwrap_or_else(|| images_path.clone());
-                let socket = absolute(&work_dir.join("lazy-pages.socket"))?;
-                let t0 = std::time::Instant::now();
-                let d = self.spawn_lazy_daemon(
-                    store,
-                    snapshot,
-                    &socket,
-                    &absolute(dir.path())?,
-                    cgroup.as_ref(),
-                )?;
-                tracing::debug!(
-                    ms = t0.elapsed().as_secs_f64() * 1e3,
-                    "the lazy-pages server listens"
-                );
-                Some(d)
-            }
+            (true, Some(s)) => Some(s.listening()?),
         };
 
         let r = self.restore_with(

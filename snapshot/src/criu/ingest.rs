@@ -17,6 +17,8 @@ use super::images::{is_pagemap, pages_file_id, Pagemap, PE_LAZY, PE_PARENT, PE_P
 use crate::store::manifest::ObjectKind;
 use crate::{Error, Reader, Result, SnapshotId, Store, WriteStats, WriterOptions};
 
+/// CRIU's log of the dump, a blob of every snapshot of a checkpoint.
+const DUMP_LOG: &str = "dump.log";
 /// Largest piece read from the store at once while materializing a pages file.
 const PIECE: usize = 16 << 20;
 
@@ -220,7 +222,8 @@ pub fn materialize(reader: &Reader, dir: &Path) -> Result<MaterializeReport> {
 
 /// Like [`materialize`] for a lazy restore: in task pagemaps, the entries CRIU flagged lazy
 /// lose `PE_PRESENT` and their pages stay out of `pages-*.img`; the lazy-pages server
-/// ([`crate::lazy`]) serves them from the store. Only the eager pages are read here.
+/// ([`crate::lazy`]) serves them from the store. Only the eager pages are read here, and
+/// CRIU's `dump.log` is left out (a restore does not read it).
 pub fn materialize_lazy(reader: &Reader, dir: &Path) -> Result<MaterializeReport> {
     materialize_with(reader, dir, true)
 }
@@ -234,6 +237,11 @@ fn materialize_with(reader: &Reader, dir: &Path, lazy: bool) -> Result<Materiali
         .map(|o| o.name.clone())
         .collect();
     for name in blobs {
+        // CRIU's log of the dump (megabytes at its log level) is kept for diagnosis; a
+        // restore does not read it.
+        if lazy && name == DUMP_LOG {
+            continue;
+        }
         if name.contains('/') || name.starts_with('.') {
             return Err(Error::CorruptManifest {
                 snapshot: reader.id().to_string(),

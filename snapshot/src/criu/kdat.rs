@@ -61,15 +61,7 @@ impl KdatCache {
             tracing::debug!("the mount that holds /run is shared: no CRIU kdat cache");
             return None;
         }
-        let dir = own_dir(Path::new(HOME))?;
-        let bin = fs::metadata(criu).ok()?;
-        let dir = own_dir(&dir.join(format!(
-            "{:x}-{:x}-{:x}-{:x}",
-            bin.dev(),
-            bin.ino(),
-            bin.size(),
-            bin.mtime()
-        )))?;
+        let dir = binary_dir(criu)?;
         let file = dir.join("criu.kdat");
         if !file.exists() {
             let t0 = std::time::Instant::now();
@@ -142,6 +134,51 @@ fn holder_is_shared(mountinfo: &str, path: &Path) -> bool {
 }
 
 /// `path` as a directory of root's that no one else can write, on a tmpfs; created if missing.
+/// cryo's directory for the CRIU binary at `criu` (created): named by the binary's device,
+/// inode, size and change time (to the nanosecond), so a replaced or rewritten binary gets a
+/// new one.
+fn binary_dir(criu: &Path) -> Option<PathBuf> {
+    let dir = own_dir(Path::new(HOME))?;
+    let bin = fs::metadata(criu).ok()?;
+    own_dir(&dir.join(format!(
+        "{:x}-{:x}-{:x}-{:x}.{:x}",
+        bin.dev(),
+        bin.ino(),
+        bin.size(),
+        bin.ctime(),
+        bin.ctime_nsec()
+    )))
+}
+
+/// What `criu --version` printed for the binary at `criu`, kept from an earlier run (running
+/// it costs a fork and exec on every checkpoint and restore).
+pub(crate) fn cached_version(criu: &Path) -> Option<String> {
+    let file = binary_dir(criu)?.join("version");
+    let md = fs::symlink_metadata(&file).ok()?;
+    if !md.is_file() || md.uid() != 0 || md.len() > 4096 {
+        return None;
+    }
+    fs::read_to_string(file).ok()
+}
+
+/// Keeps what `criu --version` printed for [`cached_version`] (best effort: temp file, rename).
+pub(crate) fn keep_version(criu: &Path, text: &str) {
+    let Some(dir) = binary_dir(criu) else { return };
+    let tmp = dir.join(format!("version.{}", std::process::id()));
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    if written.is_ok() {
+        let _ = fs::rename(&tmp, dir.join("version"));
+    } else {
+        let _ = fs::remove_file(&tmp);
+    }
+}
+
 fn own_dir(path: &Path) -> Option<PathBuf> {
     match DirBuilder::new().mode(0o700).create(path) {
         Ok(()) => {}

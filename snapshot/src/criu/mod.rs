@@ -106,14 +106,26 @@ impl Criu {
         Criu::at(path)
     }
 
-    /// Uses the CRIU binary at `path`, after checking its version.
+    /// Uses the CRIU binary at `path`, after checking its version (what `--version` printed is
+    /// kept per binary on a tmpfs, next to the kdat cache, for the next run).
     pub fn at(path: impl Into<PathBuf>) -> Result<Criu> {
         let path = path.into();
-        let out = std::process::Command::new(&path)
-            .arg("--version")
-            .output()
-            .map_err(|e| Error::io(&path, "run --version", e))?;
-        let text = String::from_utf8_lossy(&out.stdout);
+        let cached = kdat::cached_version(&path)
+            .filter(|t| Version::parse_output(t).is_some_and(|v| v >= MIN_VERSION));
+        let text = match cached {
+            Some(t) => t,
+            None => {
+                let out = std::process::Command::new(&path)
+                    .arg("--version")
+                    .output()
+                    .map_err(|e| Error::io(&path, "run --version", e))?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if out.status.success() && Version::parse_output(&text).is_some() {
+                    kdat::keep_version(&path, &text);
+                }
+                text
+            }
+        };
         let version = Version::parse_output(&text).ok_or_else(|| Error::Criu {
             op: "version",
             message: format!(
@@ -329,5 +341,40 @@ mod tests {
         let err = Criu::at(&fake).unwrap_err().to_string();
         assert!(err.contains("3.17.0") && err.contains("4.0.0"), "{err}");
         assert!(err.contains(&fake.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn the_version_is_kept_per_binary_and_a_rewritten_binary_is_asked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("criu");
+        let calls = dir.path().join("calls");
+        let script = |v: &str| {
+            format!(
+                "#!/bin/sh\necho x >> {}\necho 'Version: {v}'\n",
+                calls.display()
+            )
+        };
+        let write = |text: String| {
+            std::fs::write(&fake, text).unwrap();
+            std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        };
+        let asked = || {
+            std::fs::read_to_string(&calls)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        write(script("4.1"));
+        assert_eq!(Criu::at(&fake).unwrap().version().to_string(), "4.1.0");
+        assert_eq!(Criu::at(&fake).unwrap().version().to_string(), "4.1.0");
+        if kdat::cached_version(&fake).is_none() {
+            eprintln!("skipped the cache half: no root-owned tmpfs at /dev/shm here");
+            return;
+        }
+        assert_eq!(asked(), 1, "the second run used the kept version");
+        write(script("4.2"));
+        assert_eq!(Criu::at(&fake).unwrap().version().to_string(), "4.2.0");
+        assert_eq!(asked(), 2);
     }
 }
