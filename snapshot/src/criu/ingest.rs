@@ -90,6 +90,17 @@ pub fn commit_received(
         blob_bytes += bytes.len() as u64;
         w.add_blob(n, &bytes)?;
     }
+    commit(w, name, page_bytes, blob_bytes)
+}
+
+/// Commits what `w` holds as the snapshot of a dump (named `name` if given).
+fn commit(
+    mut w: crate::Writer,
+    name: Option<&str>,
+    page_bytes: u64,
+    blob_bytes: u64,
+) -> Result<IngestReport> {
+    // Flushed first, so that the counters include everything.
     w.flush()?;
     let stats = w.stats();
     let id = w.commit(name)?;
@@ -137,15 +148,7 @@ pub fn ingest(
             reason: "no pagemap refers to this pages file".into(),
         });
     }
-    w.flush()?;
-    let stats = w.stats();
-    let id = w.commit(name)?;
-    Ok(IngestReport {
-        id,
-        page_bytes,
-        blob_bytes,
-        stats,
-    })
+    commit(w, name, page_bytes, blob_bytes)
 }
 
 /// Adds the present pages of `pm` (from `dir/pages_name`) to memory object `pagemap`.

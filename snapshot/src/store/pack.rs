@@ -38,6 +38,7 @@ use crate::error::{Error, Result};
 use crate::store::chunk::{self, ChunkCtx, Codec, CHUNK_HEADER_LEN, MAX_CHUNK_RAW};
 use crate::store::digest::{self, ChunkDigest};
 use crate::store::files;
+use crate::store::manifest::{u32_at, u64_at};
 
 /// Magic at the start of every pack.
 pub const PACK_MAGIC: [u8; 8] = *b"CRYOPACK";
@@ -92,18 +93,6 @@ pub struct Pack {
     file: File,
     entries: Vec<PackEntry>,
     len: u64,
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 impl Pack {
