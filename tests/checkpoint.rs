@@ -231,6 +231,96 @@ fn masked_directories_are_empty_read_only_tmpfs_again_after_a_restore() {
     env.remove(&rid);
 }
 
+#[test]
+fn tmpfs_content_is_kept_by_cryo_and_comes_back_with_its_mount_options() {
+    skip_unless_criu!();
+    let env = Env::new("tmpfs");
+    // Files in /dev/shm (a tmpfs of the spec, with its own options) and in /tmp, which the
+    // counter keeps writing to.
+    let config = sh_config(
+        "mkdir -m 700 /dev/shm/d && echo secret > /dev/shm/d/f && chmod 640 /dev/shm/d/f && \
+         ln -s d/f /dev/shm/l && mkfifo /tmp/p && dd if=/dev/zero of=/dev/shm/z bs=4096 \
+         seek=100 count=1 2>/dev/null; sleep 1000 & i=0; while :; do i=$((i+1)); \
+         echo $i > /tmp/count; usleep 20000; done",
+    );
+    let (id, pid) = env.detach("c", &config);
+    wait_count_past(pid, 3);
+    let shm_before = mounts_at(pid, "/dev/shm");
+    let images = env.dir.path().join("images");
+    env.ok(&["checkpoint", "--image-path", images.to_str().unwrap(), &id]);
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(images.join("cryo.json")).unwrap()).unwrap();
+    let kept: Vec<&str> = meta["kept_tmpfs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|d| d["path"].as_str()).collect())
+        .unwrap_or_default();
+    for p in ["/dev", "/dev/shm", "/tmp"] {
+        assert!(kept.contains(&p), "{p} not kept by cryo: {kept:?}");
+    }
+    assert_eq!(
+        meta["version"], 2,
+        "a cryo.json naming kept tmpfs mounts is version 2"
+    );
+    let names: Vec<String> = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| n.ends_with(".cryo.img")).count(),
+        kept.len(),
+        "one content file per kept tmpfs: {names:?}"
+    );
+
+    let bundle = env.dir.path().join("c");
+    let rid = env.id("r");
+    let rpid = restore(&env, &images, &bundle, &rid);
+    wait_count_past(rpid, 3);
+    let root = format!("/proc/{rpid}/root");
+    assert_eq!(
+        std::fs::read_to_string(format!("{root}/dev/shm/d/f")).unwrap(),
+        "secret\n"
+    );
+    assert_eq!(
+        std::fs::read_link(format!("{root}/dev/shm/l")).unwrap(),
+        Path::new("d/f")
+    );
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let d = std::fs::metadata(format!("{root}/dev/shm/d")).unwrap();
+    assert_eq!(d.permissions().mode() & 0o7777, 0o700);
+    let f = std::fs::metadata(format!("{root}/dev/shm/d/f")).unwrap();
+    assert_eq!(f.permissions().mode() & 0o7777, 0o640);
+    let z = std::fs::metadata(format!("{root}/dev/shm/z")).unwrap();
+    assert_eq!(z.len(), 101 * 4096);
+    assert!(
+        z.blocks() * 512 <= 64 << 10,
+        "the hole before the last page stays a hole"
+    );
+    assert!(std::fs::symlink_metadata(format!("{root}/tmp/p"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert_eq!(
+        mounts_at(rpid, "/dev/shm"),
+        shm_before,
+        "/dev/shm's mount options"
+    );
+    // The processes still use /dev: the restored shell writes through /dev/null fine.
+    let o = env.cryo(&[
+        "exec",
+        &rid,
+        "sh",
+        "-c",
+        "echo x > /dev/null && cat /dev/shm/d/f",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        !env.root.join(&rid).join("tmpfs").exists(),
+        "kept tmpfs sources left behind"
+    );
+    env.remove(&rid);
+}
+
 /// Whether CRIU can load a kernel-feature cache here: its own where /run is a tmpfs, else
 /// cryo's, which needs the mount that holds /run to be unshared (snapshot's `criu::kdat`).
 fn kdat_cache_possible() -> bool {

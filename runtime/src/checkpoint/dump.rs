@@ -21,9 +21,11 @@ use super::externals::{
     cgroup_binds, describe_stdio, external_mounts, external_namespaces, masked_dirs,
 };
 use super::gpu::{self, CudaImage};
+use super::tmpfs;
 use super::{
     absolute, base_opts, criu_err, image_dir, mkdir_0700, open_store, open_work_dir, write_json,
-    CheckpointOptions, ImageMeta, DESCRIPTORS_FILE, META_FILE, META_VERSION,
+    CheckpointOptions, ImageMeta, MaskedDir, DESCRIPTORS_FILE, META_FILE, META_VERSION,
+    META_VERSION_MIN,
 };
 
 /// Moves `staging` to `target`, replacing an older image there only now that the new one is
@@ -198,6 +200,19 @@ impl Runtime {
         };
         let _ = fs::remove_dir_all(&staging);
         mkdir_0700(&staging)?;
+        // The spec's tmpfs mounts whose content cryo writes itself, while CRIU has the tree
+        // frozen, right before the images are published (see `tmpfs`).
+        let kept = masked_dirs(&st.config, st.pid).and_then(|masked| {
+            let paths: Vec<String> = masked.iter().map(|d| d.path.clone()).collect();
+            tmpfs::kept(&st.config, st.pid, &paths).map(|k| (masked, k))
+        });
+        let (masked, kept) = match kept {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
         // The device memory of the CUDA processes moves into their host memory, which CRIU
         // then dumps like any other; from here on, every way out puts them back.
         let cuda = match gpu::checkpoint(
@@ -215,8 +230,19 @@ impl Runtime {
             Some(_) => gpu::criu_config(dir.path()),
             None => Ok(None),
         };
+        let (pid, kept_ref, staging_ref) = (st.pid, &kept, &staging);
+        let mut save_then_publish = || -> Result<()> {
+            let t0 = std::time::Instant::now();
+            tmpfs::save_all(pid, kept_ref, staging_ref)?;
+            tracing::debug!(
+                ms = t0.elapsed().as_secs_f64() * 1e3,
+                mounts = kept_ref.len(),
+                "kept the tmpfs mounts"
+            );
+            publish()
+        };
         let mut notify = PublishAtPostDump {
-            publish: &mut *publish,
+            publish: &mut save_then_publish,
             published: false,
             error: None,
         };
@@ -224,7 +250,18 @@ impl Runtime {
         let r = config.and_then(|config| {
             let image = cuda.as_ref().map(|c| c.image.clone());
             let ps = ps_fd.as_ref().map(std::os::fd::AsFd::as_fd);
-            self.dump_into(&criu, &st, &staging, opts, image, config, ps, &mut notify)
+            let mounts = (masked, kept.clone());
+            self.dump_into(
+                &criu,
+                &st,
+                &staging,
+                opts,
+                image,
+                config,
+                ps,
+                mounts,
+                &mut notify,
+            )
         });
         // CRIU has its own copy (or is gone); a transfer that never finished ends with ours.
         drop(ps_fd);
@@ -279,16 +316,22 @@ impl Runtime {
         cuda: Option<CudaImage>,
         config_file: Option<std::path::PathBuf>,
         page_server: Option<std::os::fd::BorrowedFd<'_>>,
+        (masked_dirs, kept_tmpfs): (Vec<MaskedDir>, Vec<tmpfs::KeptTmpfs>),
         notify: &mut dyn Notify,
     ) -> Result<()> {
         let descriptors = describe_stdio(st.pid)?;
         let meta = ImageMeta {
-            version: META_VERSION,
+            version: if kept_tmpfs.is_empty() {
+                META_VERSION_MIN
+            } else {
+                META_VERSION
+            },
             id: st.id.clone(),
             criu: criu.version().to_string(),
             descriptors,
             cuda,
-            masked_dirs: masked_dirs(&st.config, st.pid)?,
+            masked_dirs,
+            kept_tmpfs,
         };
         write_json(&staging.join(META_FILE), &meta)?;
         let paths: Vec<&str> = meta.descriptors.iter().map(|d| d.path.as_str()).collect();
@@ -311,6 +354,11 @@ impl Runtime {
         let mut externals =
             external_mounts(&st.config, &st.bundle, Some(st.pid), &meta.masked_dirs);
         externals.extend(cgroup_binds(&st.config, st.pid)?);
+        externals.extend(
+            meta.kept_tmpfs
+                .iter()
+                .map(|k| (k.path.clone(), String::new())),
+        );
         for (dest, _) in externals {
             o.ext_mnt.push(rpc::ExtMountMap {
                 key: dest.clone(),

@@ -12,9 +12,11 @@ mod dump;
 mod externals;
 pub mod gpu;
 mod restore;
+mod tmpfs;
 
 pub use dump::CheckpointReport;
 pub use gpu::{CudaImage, GpuOptions};
+pub use tmpfs::KeptTmpfs;
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -30,7 +32,11 @@ use crate::error::{Error, IoContext, Result};
 pub const META_FILE: &str = "cryo.json";
 /// runc's list of the init's stdio paths, kept for tools that read it.
 pub const DESCRIPTORS_FILE: &str = "descriptors.json";
-const META_VERSION: u32 = 1;
+/// `cryo.json`'s version: 2 when it names kept tmpfs mounts (cryo 0.1 before them reads only
+/// version 1, and would hand CRIU external mounts it cannot map), else 1.
+const META_VERSION: u32 = 2;
+/// The oldest `cryo.json` version this build reads.
+const META_VERSION_MIN: u32 = 1;
 
 /// How CRIU treats cgroups (runc's `--manage-cgroups-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -184,6 +190,10 @@ pub struct ImageMeta {
     /// versions leave it out and CRIU restored them from its images).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masked_dirs: Vec<MaskedDir>,
+    /// The tmpfs mounts of the spec whose content cryo wrote into the images itself instead
+    /// of CRIU (absent: none; older cryo versions leave it out and CRIU restores them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_tmpfs: Vec<KeptTmpfs>,
 }
 
 /// A masked directory (`linux.maskedPaths`) as the checkpoint found it: an empty read-only

@@ -23,7 +23,7 @@ use crate::{hooks, Runtime};
 use super::externals::{cgroup_binds, cgroup_roots, external_mounts, restore_namespaces};
 use super::{
     absolute, base_opts, criu_err, image_dir, mkdir_0700, open_store, open_work_dir, Descriptor,
-    ImageMeta, RestoreOptions, META_FILE, META_VERSION,
+    ImageMeta, RestoreOptions, META_FILE, META_VERSION, META_VERSION_MIN,
 };
 
 /// Answers CRIU during a restore: runs the hooks when namespaces exist, learns the pid, hands
@@ -414,11 +414,14 @@ impl Runtime {
                 )))
             }
         };
-        if meta.version != META_VERSION {
+        if !(META_VERSION_MIN..=META_VERSION).contains(&meta.version) {
             return Err(Error::Spec {
                 path: meta_path,
                 field: "version".into(),
-                msg: format!("version {} (this build reads {META_VERSION})", meta.version),
+                msg: format!(
+                    "version {} (this build reads {META_VERSION_MIN} to {META_VERSION})",
+                    meta.version
+                ),
             });
         }
         // CUDA processes must get their device memory back before they run: CRIU leaves the
@@ -546,7 +549,20 @@ impl Runtime {
         .sys_ctx(|| format!("bind {} on {}", rootfs.display(), root.display()))?;
         let _root_guard = RootBind(root.clone());
         let mut masked = MaskedTmpfs(Vec::new());
+        let mut kept = super::tmpfs::Mounted::new();
         let mut externals = external_mounts(spec, bundle, None, &meta.masked_dirs);
+        let t_kept = std::time::Instant::now();
+        for k in &meta.kept_tmpfs {
+            let src = kept.mount(&dir.path().join("tmpfs"), images_path, k)?;
+            externals.push((k.path.clone(), src));
+        }
+        if !meta.kept_tmpfs.is_empty() {
+            tracing::debug!(
+                ms = t_kept.elapsed().as_secs_f64() * 1e3,
+                mounts = meta.kept_tmpfs.len(),
+                "filled the kept tmpfs mounts"
+            );
+        }
         for (dest, src) in &mut externals {
             if let Some(d) = meta.masked_dirs.iter().find(|d| &d.path == dest) {
                 *src = masked.mount(&dir.path().join("masked"), d)?;
@@ -678,8 +694,9 @@ impl Runtime {
         };
         let t0 = std::time::Instant::now();
         let pid = criu.restore_in(session, o, &mut notify).map_err(criu_err);
-        // The restored binds hold the masked tmpfs mounts now: their sources can go.
+        // The restored binds hold the masked and kept tmpfs mounts now: their sources can go.
         drop(masked);
+        drop(kept);
         if meta.cuda.is_some() {
             let _ = fs::remove_file(dir.path().join("criu-gpu.conf"));
             let _ = fs::remove_dir_all(dir.path().join("criu-plugins"));

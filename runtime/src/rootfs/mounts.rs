@@ -274,7 +274,8 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
         .collect()
 }
 
-fn unescape(s: &str) -> String {
+/// Undoes mountinfo's octal escapes.
+pub(crate) fn unescape(s: &str) -> String {
     // mountinfo escapes space, tab, newline and backslash as \ooo.
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
