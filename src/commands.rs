@@ -318,9 +318,11 @@ pub struct CriuArgs {
     /// Handle file locks.
     #[arg(long = "file-locks")]
     file_locks: bool,
-    /// cgroups mode: soft (default), full, strict or ignore.
-    #[arg(long = "manage-cgroups-mode", default_value = "soft")]
-    manage_cgroups_mode: String,
+    /// cgroups mode: soft, full, strict or ignore. Default: soft; at a restore, ignore when
+    /// the checkpoint found all the container's processes in one set of cgroups (cryo has
+    /// made and configured the container's cgroups already).
+    #[arg(long = "manage-cgroups-mode")]
+    manage_cgroups_mode: Option<String>,
     /// Namespaces to leave empty: network.
     #[arg(long = "empty-ns")]
     empty_ns: Vec<String>,
@@ -340,7 +342,11 @@ impl CriuArgs {
             ext_unix_sk: self.ext_unix_sk,
             shell_job: self.shell_job,
             file_locks: self.file_locks,
-            cgroups_mode: self.manage_cgroups_mode.parse()?,
+            cgroups_mode: self
+                .manage_cgroups_mode
+                .as_deref()
+                .map(str::parse)
+                .transpose()?,
             empty_ns,
             criu: criu.map(absolute),
             gpu: Default::default(),

@@ -321,6 +321,101 @@ fn tmpfs_content_is_kept_by_cryo_and_comes_back_with_its_mount_options() {
     env.remove(&rid);
 }
 
+/// The path of `pid`'s cgroup in the v1 hierarchy `controller`.
+fn v1_cgroup(pid: i64, controller: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, c, p) = (f.next()?, f.next()?, f.next()?);
+            c.split(',').any(|x| x == controller).then(|| p.to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// The pid of `init`'s `sleep 1000` child.
+fn sleeper(init: i64) -> i64 {
+    std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+        .unwrap()
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i64>().ok())
+        .find(|c| {
+            std::fs::read(format!("/proc/{c}/cmdline")).is_ok_and(|b| b == b"sleep\x001000\x00")
+        })
+        .expect("the sleep child")
+}
+
+#[test]
+fn a_restore_keeps_nested_cgroups_and_leaves_flat_ones_to_cryo() {
+    skip_unless_criu!();
+    let memory = Path::new("/sys/fs/cgroup/memory");
+    if !memory.join("cgroup.procs").exists() {
+        println!("skipped: no cgroup v1 memory hierarchy");
+        return;
+    }
+    let env = Env::new("cgnest");
+    let (id, pid) = env.detach("c", &counter_config());
+    wait_count_past(pid, 3);
+    let own = v1_cgroup(pid, "memory");
+    let meta = |dir: &Path| -> Value {
+        serde_json::from_slice(&std::fs::read(dir.join("cryo.json")).unwrap()).unwrap()
+    };
+    // Every process in the container's own cgroups: the restore leaves cgroups to cryo.
+    let flat = env.dir.path().join("flat");
+    env.ok(&[
+        "checkpoint",
+        "--leave-running",
+        "--image-path",
+        flat.to_str().unwrap(),
+        &id,
+    ]);
+    assert_eq!(meta(&flat)["cgroups_flat"], true);
+    // The sleeper moved into a cgroup nested in the container's: CRIU restores that one.
+    let sub = memory.join(own.trim_start_matches('/')).join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("cgroup.procs"), sleeper(pid).to_string()).unwrap();
+    let nested = env.dir.path().join("nested");
+    env.ok(&["checkpoint", "--image-path", nested.to_str().unwrap(), &id]);
+    assert!(
+        meta(&nested).get("cgroups_flat").is_none(),
+        "{}",
+        meta(&nested)
+    );
+
+    let bundle = env.dir.path().join("c");
+    let rid = env.id("n");
+    let rpid = restore(&env, &nested, &bundle, &rid);
+    let new_own = v1_cgroup(rpid, "memory");
+    assert_ne!(
+        new_own, own,
+        "the restored init is in its own container's cgroup"
+    );
+    assert_eq!(v1_cgroup(sleeper(rpid), "memory"), format!("{new_own}/sub"));
+    env.remove(&rid);
+
+    let fid = env.id("f");
+    let fpid = restore(&env, &flat, &bundle, &fid);
+    let f_own = v1_cgroup(fpid, "memory");
+    assert!(f_own.ends_with(&fid), "{f_own}");
+    assert_eq!(v1_cgroup(sleeper(fpid), "memory"), f_own);
+    for c in ["memory", "pids", "freezer", "cpu"] {
+        if Path::new("/sys/fs/cgroup")
+            .join(c)
+            .join("cgroup.procs")
+            .exists()
+        {
+            assert!(
+                v1_cgroup(fpid, c).ends_with(&fid),
+                "{c}: {}",
+                v1_cgroup(fpid, c)
+            );
+        }
+    }
+    wait_count_past(fpid, count(fpid) + 2);
+    env.remove(&fid);
+}
+
 /// Whether CRIU can load a kernel-feature cache here: its own where /run is a tmpfs, else
 /// cryo's, which needs the mount that holds /run to be unshared (snapshot's `criu::kdat`).
 fn kdat_cache_possible() -> bool {

@@ -938,11 +938,13 @@ impl Task for Service {
             ));
         }
         let cgroups_mode = if o.cgroups_mode.is_empty() {
-            cryo_runtime::CgroupsMode::default()
+            None
         } else {
-            o.cgroups_mode
-                .parse()
-                .map_err(|e| rpc_err(Code::INVALID_ARGUMENT, format!("checkpoint: {e}")))?
+            Some(
+                o.cgroups_mode
+                    .parse()
+                    .map_err(|e| rpc_err(Code::INVALID_ARGUMENT, format!("checkpoint: {e}")))?,
+            )
         };
         let empty_ns = cryo_runtime::checkpoint::empty_ns_bits(&o.empty_namespaces)
             .map_err(|e| rpc_err(Code::INVALID_ARGUMENT, format!("checkpoint: {e}")))?;

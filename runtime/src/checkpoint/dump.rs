@@ -332,6 +332,7 @@ impl Runtime {
             cuda,
             masked_dirs,
             kept_tmpfs,
+            cgroups_flat: cgroups_flat(&container_pids(st)),
         };
         write_json(&staging.join(META_FILE), &meta)?;
         let paths: Vec<&str> = meta.descriptors.iter().map(|d| d.path.as_str()).collect();
@@ -398,6 +399,24 @@ impl Runtime {
     }
 }
 
+/// Whether the processes `pids` are all in the same cgroups (their /proc/PID/cgroup say the
+/// same; a process gone meanwhile is left out). Read before the dump: a process that moves to
+/// another cgroup between this and the freeze is restored into the container's cgroups.
+fn cgroups_flat(pids: &[i32]) -> bool {
+    let mut seen: Option<String> = None;
+    for p in pids {
+        let Ok(text) = fs::read_to_string(format!("/proc/{p}/cgroup")) else {
+            continue;
+        };
+        match &seen {
+            Some(s) if *s != text => return false,
+            Some(_) => {}
+            None => seen = Some(text),
+        }
+    }
+    seen.is_some()
+}
+
 /// Every process of the container: its cgroup's, else the init's tree.
 fn container_pids(st: &ContainerState) -> Vec<i32> {
     let from_cgroup = st
@@ -414,6 +433,25 @@ fn container_pids(st: &ContainerState) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_of_one_cgroup_set_are_flat_and_gone_ones_are_left_out() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let kid = i32::try_from(child.id()).unwrap();
+        assert!(
+            cgroups_flat(&[me, kid]),
+            "a child stays in its parent's cgroups"
+        );
+        assert!(cgroups_flat(&[me, i32::MAX]), "a process gone is left out");
+        assert!(!cgroups_flat(&[]), "no process: nothing known");
+        assert!(!cgroups_flat(&[i32::MAX]));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 
     #[test]
     fn publish_replaces_an_old_image_only_when_the_new_one_is_complete() {

@@ -608,6 +608,9 @@ impl Runtime {
             o.config_file =
                 super::gpu::criu_config(dir.path())?.map(|p| p.to_string_lossy().into_owned());
         }
+        if opts.flags.cgroups_mode.is_none() && meta.cgroups_flat {
+            o.manage_cgroups_mode = Some(super::CgroupsMode::Ignore.rpc() as i32);
+        }
         o.rst_sibling = Some(true);
         o.lazy_pages = Some(opts.lazy);
         o.leave_stopped = Some(opts.leave_stopped);
