@@ -354,6 +354,13 @@ impl Runtime {
         };
         let mut opts = &effective;
         let id = dir.id().to_string();
+        let started = std::time::Instant::now();
+        let phase = |what: &str| {
+            tracing::debug!(
+                at_ms = started.elapsed().as_secs_f64() * 1e3,
+                "restore: {what}"
+            );
+        };
         let (bundle, spec, rootfs) = crate::container::open_bundle(&opts.bundle)?;
         let cgroup = crate::container::spec_cgroup(&spec, &id)?;
         // A snapshot from the store is written out as CRIU images in the state directory
@@ -364,9 +371,12 @@ impl Runtime {
         let (_materialized, images_path) = match &opts.snapshot {
             Some(reference) => {
                 let store = open_store(opts.store.as_deref())?;
-                let reader = store
-                    .reader(reference)
-                    .map_err(|e| Error::Other(format!("snapshot {reference}: {e}")))?;
+                let snapshot_err =
+                    |e: cryo_snapshot::Error| Error::Other(format!("snapshot {reference}: {e}"));
+                // Resolved once, so that the server and this process open the same snapshot;
+                // the server starts first and reads its manifest and packs while this
+                // process reads them too, on the other core.
+                let snapshot = store.resolve(reference).map_err(snapshot_err)?.to_string();
                 let path = absolute(&dir.path().join("images"))?;
                 mkdir_0700(&path)?;
                 let guard = RemoveDir(path.clone());
@@ -374,12 +384,15 @@ impl Runtime {
                     let work_dir = opts.work_path.clone().unwrap_or_else(|| path.clone());
                     starting = Some(self.spawn_lazy_daemon(
                         store.root(),
-                        &reader.id().to_string(),
+                        &snapshot,
                         &absolute(&work_dir.join("lazy-pages.socket"))?,
                         &absolute(dir.path())?,
                         cgroup.as_ref(),
                     )?);
+                    phase("lazy-pages server started");
                 }
+                let reader = store.reader(&snapshot).map_err(snapshot_err)?;
+                phase("snapshot opened");
                 let t0 = std::time::Instant::now();
                 let m = if opts.lazy {
                     materialize_lazy(&reader, &path)
@@ -442,6 +455,7 @@ impl Runtime {
         let work = open_work_dir(opts.work_path.as_deref())?;
         // The lazy-pages server listens in CRIU's work dir before CRIU starts; it outlives
         // this call when the restore succeeds, and is killed when it fails.
+        phase("images ready");
         let mut daemon = match (opts.lazy, starting) {
             (false, _) => None,
             (true, None) => {
@@ -452,6 +466,7 @@ impl Runtime {
             (true, Some(s)) => Some(s.listening()?),
         };
 
+        phase("lazy-pages server listening");
         let r = self.restore_with(
             dir,
             opts,
@@ -535,6 +550,7 @@ impl Runtime {
         cgroup: &dyn CgroupManager,
     ) -> Result<i32> {
         crate::container::prepare_cgroup(cgroup, spec)?;
+        tracing::debug!("restore: cgroups prepared");
 
         // CRIU wants the root to be a mount point whose parent is not overmounted.
         let root = absolute(&dir.path().join("criu-root"))?;
@@ -603,6 +619,7 @@ impl Runtime {
             inherit.push(key.to_string());
             held.push(fd);
         }
+        tracing::debug!("restore: mounts and stdio ready");
         let mut o = base_opts(images, work, "restore.log", &opts.flags);
         if meta.cuda.is_some() {
             o.config_file =
@@ -667,6 +684,7 @@ impl Runtime {
                 kdat_cache,
             })
             .map_err(criu_err)?;
+        tracing::debug!("restore: criu started");
         o.cg_root = cgroup_roots(session.pid())?;
         // CRIU runs in the container's cgroups already: its view is the restored tree's.
         for (dest, src) in cgroup_binds(spec, session.pid())? {
