@@ -320,6 +320,9 @@ impl Runtime {
         notify: &mut dyn Notify,
     ) -> Result<()> {
         let descriptors = describe_stdio(st.pid)?;
+        // The restore of CUDA processes moves their threads through CRIU's cgroup yard, which
+        // CRIU's ignore mode does not build: those keep soft mode.
+        let flat = cuda.is_none() && cgroups_flat(&container_pids(st));
         let meta = ImageMeta {
             version: if kept_tmpfs.is_empty() {
                 META_VERSION_MIN
@@ -332,7 +335,7 @@ impl Runtime {
             cuda,
             masked_dirs,
             kept_tmpfs,
-            cgroups_flat: cgroups_flat(&container_pids(st)),
+            cgroups_flat: flat,
         };
         write_json(&staging.join(META_FILE), &meta)?;
         let paths: Vec<&str> = meta.descriptors.iter().map(|d| d.path.as_str()).collect();
@@ -399,19 +402,25 @@ impl Runtime {
     }
 }
 
-/// Whether the processes `pids` are all in the same cgroups (their /proc/PID/cgroup say the
-/// same; a process gone meanwhile is left out). Read before the dump: a process that moves to
-/// another cgroup between this and the freeze is restored into the container's cgroups.
+/// Whether every thread of the processes `pids` is in the same cgroups (their
+/// /proc/PID/task/TID/cgroup say the same; a process or thread gone meanwhile is left out).
+/// Read before the dump: a thread that moves to another cgroup between this and the freeze is
+/// restored into the container's cgroups.
 fn cgroups_flat(pids: &[i32]) -> bool {
     let mut seen: Option<String> = None;
     for p in pids {
-        let Ok(text) = fs::read_to_string(format!("/proc/{p}/cgroup")) else {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else {
             continue;
         };
-        match &seen {
-            Some(s) if *s != text => return false,
-            Some(_) => {}
-            None => seen = Some(text),
+        for t in tasks.flatten() {
+            let Ok(text) = fs::read_to_string(t.path().join("cgroup")) else {
+                continue;
+            };
+            match &seen {
+                Some(s) if *s != text => return false,
+                Some(_) => {}
+                None => seen = Some(text),
+            }
         }
     }
     seen.is_some()

@@ -625,7 +625,7 @@ impl Runtime {
             o.config_file =
                 super::gpu::criu_config(dir.path())?.map(|p| p.to_string_lossy().into_owned());
         }
-        if opts.flags.cgroups_mode.is_none() && meta.cgroups_flat {
+        if opts.flags.cgroups_mode.is_none() && meta.cgroups_flat && meta.cuda.is_none() {
             o.manage_cgroups_mode = Some(super::CgroupsMode::Ignore.rpc() as i32);
         }
         o.rst_sibling = Some(true);
