@@ -271,6 +271,12 @@ impl Runtime {
         );
         let r = match (r, notify.error.take()) {
             (_, Some(e)) => Err(e),
+            // Without the post-dump notification the tree is no longer frozen: its tmpfs
+            // content would not match the dump.
+            (Ok(()), None) if !notify.published && !kept.is_empty() => Err(Error::Other(
+                "CRIU did not send post-dump: the container's tmpfs mounts could not be kept"
+                    .into(),
+            )),
             (Ok(()), None) if !notify.published => (notify.publish)(),
             (r, None) => r,
         };
