@@ -328,7 +328,12 @@ impl Runtime {
         let descriptors = describe_stdio(st.pid)?;
         // The restore of CUDA processes moves their threads through CRIU's cgroup yard, which
         // CRIU's ignore mode does not build: those keep soft mode.
-        let flat = cuda.is_none() && cgroups_flat(&container_pids(st));
+        let flat = cuda.is_none()
+            && cgroups_flat(&container_pids(st), |text| {
+                st.cgroup
+                    .as_ref()
+                    .is_some_and(|cg| in_own_cgroups(text, cg))
+            });
         let meta = ImageMeta {
             version: if kept_tmpfs.is_empty() {
                 META_VERSION_MIN
@@ -409,10 +414,11 @@ impl Runtime {
 }
 
 /// Whether every thread of the processes `pids` is in the same cgroups (their
-/// /proc/PID/task/TID/cgroup say the same; a process or thread gone meanwhile is left out).
-/// Read before the dump: a thread that moves to another cgroup between this and the freeze is
-/// restored into the container's cgroups.
-fn cgroups_flat(pids: &[i32]) -> bool {
+/// /proc/PID/task/TID/cgroup say the same; a process or thread gone meanwhile is left out)
+/// and those are the container's own (`own` of that text). Read before the dump: a thread
+/// that moves to another cgroup between this and the freeze is restored into the container's
+/// cgroups.
+fn cgroups_flat(pids: &[i32], own: impl Fn(&str) -> bool) -> bool {
     let mut seen: Option<String> = None;
     for p in pids {
         let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else {
@@ -429,7 +435,33 @@ fn cgroups_flat(pids: &[i32]) -> bool {
             }
         }
     }
-    seen.is_some()
+    seen.is_some_and(|t| own(&t))
+}
+
+/// Whether the /proc/PID/cgroup `text` puts the process in the container's own cgroup of
+/// every hierarchy cryo made one in (`cg`), not in one nested below it. Unsure is no.
+fn in_own_cgroups(text: &str, cg: &cgroups::CgroupState) -> bool {
+    cg.paths.iter().all(|(key, dir)| {
+        let Some(rel) = cg
+            .mounts
+            .get(key)
+            .and_then(|m| dir.strip_prefix(m).ok())
+            .map(|r| format!("/{}", r.to_string_lossy()))
+        else {
+            return false;
+        };
+        text.lines().any(|l| {
+            let mut f = l.splitn(3, ':');
+            let (Some(_), Some(ctrl), Some(path)) = (f.next(), f.next(), f.next()) else {
+                return false;
+            };
+            let hierarchy = match cg.mode {
+                cgroups::Mode::V2 => ctrl.is_empty(),
+                cgroups::Mode::V1 => ctrl.split(',').any(|c| c == key),
+            };
+            hierarchy && path == rel
+        })
+    })
 }
 
 /// Every process of the container: its cgroup's, else the init's tree.
@@ -451,21 +483,64 @@ mod tests {
 
     #[test]
     fn processes_of_one_cgroup_set_are_flat_and_gone_ones_are_left_out() {
-        let me = i32::try_from(std::process::id()).unwrap();
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
-        let kid = i32::try_from(child.id()).unwrap();
-        assert!(
-            cgroups_flat(&[me, kid]),
-            "a child stays in its parent's cgroups"
+        // Two single-threaded children of this process: other tests running in this one may
+        // move their threads between cgroups meanwhile.
+        let spawn = || {
+            std::process::Command::new("sleep")
+                .arg("5")
+                .spawn()
+                .unwrap()
+        };
+        let (mut a, mut b) = (spawn(), spawn());
+        let (pa, pb) = (
+            i32::try_from(a.id()).unwrap(),
+            i32::try_from(b.id()).unwrap(),
         );
-        assert!(cgroups_flat(&[me, i32::MAX]), "a process gone is left out");
-        assert!(!cgroups_flat(&[]), "no process: nothing known");
-        assert!(!cgroups_flat(&[i32::MAX]));
-        let _ = child.kill();
-        let _ = child.wait();
+        let yes = |_: &str| true;
+        assert!(
+            cgroups_flat(&[pa, pb], yes),
+            "siblings share their parent's cgroups"
+        );
+        assert!(
+            cgroups_flat(&[pa, i32::MAX], yes),
+            "a process gone is left out"
+        );
+        assert!(!cgroups_flat(&[], yes), "no process: nothing known");
+        assert!(!cgroups_flat(&[i32::MAX], yes));
+        assert!(
+            !cgroups_flat(&[pa, pb], |_| false),
+            "not the container's own"
+        );
+        for c in [&mut a, &mut b] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    #[test]
+    fn only_the_containers_own_cgroups_count_as_its_own() {
+        let mut cg = cgroups::CgroupState {
+            mode: cgroups::Mode::V1,
+            mounts: Default::default(),
+            paths: Default::default(),
+        };
+        for (k, m) in [("memory", "memory"), ("cpu", "cpu,cpuacct")] {
+            let m = Path::new("/sys/fs/cgroup").join(m);
+            cg.paths.insert(k.into(), m.join("cryo/c1"));
+            cg.mounts.insert(k.into(), m);
+        }
+        let own = "12:memory:/cryo/c1\n3:cpu,cpuacct:/cryo/c1\n1:name=systemd:/\n0::/\n";
+        assert!(in_own_cgroups(own, &cg));
+        let nested = "12:memory:/cryo/c1/init\n3:cpu,cpuacct:/cryo/c1\n0::/\n";
+        assert!(!in_own_cgroups(nested, &cg));
+        assert!(!in_own_cgroups("0::/\n", &cg), "a hierarchy missing");
+        let v2 = cgroups::CgroupState {
+            mode: cgroups::Mode::V2,
+            mounts: [("unified".into(), "/sys/fs/cgroup".into())].into(),
+            paths: [("unified".into(), "/sys/fs/cgroup/cryo/c1".into())].into(),
+        };
+        assert!(in_own_cgroups("0::/cryo/c1\n", &v2));
+        assert!(!in_own_cgroups("0::/cryo/c1/leaf\n", &v2));
     }
 
     #[test]
