@@ -151,6 +151,11 @@ fn mounts_at(pid: i64, path: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The `cryo.json` of the image directory `dir`.
+fn meta(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("cryo.json")).unwrap()).unwrap()
+}
+
 /// Whether `path` in `pid`'s mount namespace is topped by an empty read-only tmpfs.
 fn masked_dir(pid: i64, path: &str) -> bool {
     let top = mounts_at(pid, path).pop();
@@ -186,8 +191,7 @@ fn masked_directories_are_empty_read_only_tmpfs_again_after_a_restore() {
     assert_eq!(mounts_at(pid, "/mnt").len(), 2);
     let images = env.dir.path().join("images");
     env.ok(&["checkpoint", "--image-path", images.to_str().unwrap(), &id]);
-    let meta: Value =
-        serde_json::from_slice(&std::fs::read(images.join("cryo.json")).unwrap()).unwrap();
+    let meta = meta(&images);
     let recorded: Vec<&str> = meta["masked_dirs"]
         .as_array()
         .map(|a| a.iter().filter_map(|d| d["path"].as_str()).collect())
@@ -250,8 +254,7 @@ fn tmpfs_content_is_kept_by_cryo_and_comes_back_with_its_mount_options() {
     let shm_before = mounts_at(pid, "/dev/shm");
     let images = env.dir.path().join("images");
     env.ok(&["checkpoint", "--image-path", images.to_str().unwrap(), &id]);
-    let meta: Value =
-        serde_json::from_slice(&std::fs::read(images.join("cryo.json")).unwrap()).unwrap();
+    let meta = meta(&images);
     let kept: Vec<&str> = meta["kept_tmpfs"]
         .as_array()
         .map(|a| a.iter().filter_map(|d| d["path"].as_str()).collect())
@@ -370,9 +373,6 @@ fn a_restore_keeps_nested_cgroups_and_leaves_flat_ones_to_cryo() {
     let (id, pid) = env.detach("c", &counter_config());
     wait_count_past(pid, 3);
     let own = v1_cgroup(pid, "memory");
-    let meta = |dir: &Path| -> Value {
-        serde_json::from_slice(&std::fs::read(dir.join("cryo.json")).unwrap()).unwrap()
-    };
     // Every process in the container's own cgroups: the restore leaves cgroups to cryo.
     let flat = env.dir.path().join("flat");
     env.ok(&[

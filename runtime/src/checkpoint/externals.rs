@@ -162,20 +162,10 @@ pub(super) fn masked_dirs(spec: &Spec, pid: i32) -> Result<Vec<MaskedDir>> {
 /// Whether `mountinfo` holds exactly one mount at `mountpoint`, and it is a read-only tmpfs
 /// mounted at the root of its filesystem.
 fn empty_ro_tmpfs_at(mountinfo: &str, mountpoint: &str) -> bool {
-    let mut at = mountinfo.lines().filter_map(|l| {
-        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
-        let (left, right) = l.split_once(" - ")?;
-        let f: Vec<&str> = left.split(' ').collect();
-        (f.get(4) == Some(&mountpoint)).then_some((f, right))
-    });
-    let Some((f, right)) = at.next() else {
-        return false;
-    };
-    let ro = |opts: Option<&str>| opts.is_some_and(|o| o.split(',').any(|x| x == "ro"));
-    at.next().is_none()
-        && f.get(3) == Some(&"/")
-        && ro(f.get(5).copied())
-        && right.split(' ').next() == Some("tmpfs")
+    use crate::rootfs::mounts::{lone_mount_at, parse_mountinfo};
+    lone_mount_at(&parse_mountinfo(mountinfo), Path::new(mountpoint)).is_some_and(|m| {
+        m.root == "/" && m.fstype == "tmpfs" && m.options.split(',').any(|o| o == "ro")
+    })
 }
 
 /// `(destination, host source)` of the binds that make up each `cgroup` mount of the spec

@@ -21,6 +21,7 @@ use crate::state::{self, ContainerState, StateDir, Status};
 use crate::{hooks, Runtime};
 
 use super::externals::{cgroup_binds, cgroup_roots, external_mounts, restore_namespaces};
+use super::tmpfs::Mounted;
 use super::{
     absolute, base_opts, criu_err, image_dir, mkdir_0700, open_store, open_work_dir, Descriptor,
     ImageMeta, RestoreOptions, META_FILE, META_VERSION, META_VERSION_MIN,
@@ -240,51 +241,6 @@ struct RemoveDir(PathBuf);
 impl Drop for RemoveDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The fresh tmpfs mounts that stand in for the masked directories of a checkpoint
-/// ([`super::MaskedDir`]) while CRIU binds them into the container; unmounted and removed on
-/// drop.
-struct MaskedTmpfs(Vec<PathBuf>);
-
-impl MaskedTmpfs {
-    /// Mounts an empty read-only tmpfs like the one `d` describes in a new directory under
-    /// `parent`, and returns its path. One tmpfs per masked directory, as at create: no two
-    /// masks share a filesystem.
-    fn mount(&mut self, parent: &Path, d: &super::MaskedDir) -> Result<String> {
-        mkdir_0700(parent)?;
-        let path = absolute(&parent.join(self.0.len().to_string()))?;
-        mkdir_0700(&path)?;
-        let data = format!("mode={:o},uid={},gid={}", d.mode, d.uid, d.gid);
-        mount(
-            Some("tmpfs"),
-            &path,
-            Some("tmpfs"),
-            MsFlags::MS_RDONLY,
-            Some(data.as_str()),
-        )
-        .sys_ctx(|| {
-            format!(
-                "mount a tmpfs for the masked {} on {}",
-                d.path,
-                path.display()
-            )
-        })?;
-        self.0.push(path.clone());
-        Ok(path.to_string_lossy().into_owned())
-    }
-}
-
-impl Drop for MaskedTmpfs {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = umount2(p, MntFlags::MNT_DETACH);
-            let _ = fs::remove_dir(p);
-        }
-        if let Some(parent) = self.0.first().and_then(|p| p.parent()) {
-            let _ = fs::remove_dir(parent);
-        }
     }
 }
 
@@ -564,12 +520,12 @@ impl Runtime {
         )
         .sys_ctx(|| format!("bind {} on {}", rootfs.display(), root.display()))?;
         let _root_guard = RootBind(root.clone());
-        let mut masked = MaskedTmpfs(Vec::new());
-        let mut kept = super::tmpfs::Mounted::new();
+        let mut masked = Mounted::under(dir.path().join("masked"));
+        let mut kept = Mounted::under(dir.path().join("tmpfs"));
         let mut externals = external_mounts(spec, bundle, None, &meta.masked_dirs);
         let t_kept = std::time::Instant::now();
         for k in &meta.kept_tmpfs {
-            let src = kept.mount(&dir.path().join("tmpfs"), images_path, k)?;
+            let src = kept.kept(images_path, k)?;
             externals.push((k.path.clone(), src));
         }
         if !meta.kept_tmpfs.is_empty() {
@@ -581,7 +537,7 @@ impl Runtime {
         }
         for (dest, src) in &mut externals {
             if let Some(d) = meta.masked_dirs.iter().find(|d| &d.path == dest) {
-                *src = masked.mount(&dir.path().join("masked"), d)?;
+                *src = masked.masked(d)?;
             }
             // A path under a mount CRIU restores itself (proc, sysfs, a tmpfs) exists there;
             // the rootfs below that mount needs no mount point.

@@ -39,8 +39,10 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::mount::MsFlags;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
@@ -166,45 +168,30 @@ pub(super) fn kept(
 /// The tmpfs options and mount flags of the one mount at `mountpoint` in `mountinfo`, when
 /// there is exactly one and it is a tmpfs mounted from its root.
 fn lone_tmpfs_at(mountinfo: &str, mountpoint: &str) -> Option<(String, u64)> {
-    let mut at = mountinfo.lines().filter_map(|l| {
-        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
-        let (left, right) = l.split_once(" - ")?;
-        let f: Vec<&str> = left.split(' ').collect();
-        (f.get(4)
-            .map(|p| crate::rootfs::mounts::unescape(p))
-            .as_deref()
-            == Some(mountpoint))
-        .then_some((f, right))
-    });
-    let (f, right) = at.next()?;
-    if at.next().is_some() || f.get(3) != Some(&"/") {
-        return None;
-    }
-    let r: Vec<&str> = right.split(' ').collect();
-    if r.first() != Some(&"tmpfs") {
-        return None;
-    }
-    let data = r
-        .get(2)
-        .unwrap_or(&"")
+    use crate::rootfs::mounts::{lone_mount_at, parse_mountinfo};
+    let mounts = parse_mountinfo(mountinfo);
+    let m = lone_mount_at(&mounts, Path::new(mountpoint))
+        .filter(|m| m.root == "/" && m.fstype == "tmpfs")?;
+    let data = m
+        .super_options
         .split(',')
         .filter(|o| !o.is_empty() && *o != "rw" && *o != "ro")
         .collect::<Vec<_>>()
         .join(",");
-    let mut flags = 0u64;
-    for o in f.get(5).unwrap_or(&"").split(',') {
-        flags |= match o {
-            "ro" => libc::MS_RDONLY,
-            "nosuid" => libc::MS_NOSUID,
-            "nodev" => libc::MS_NODEV,
-            "noexec" => libc::MS_NOEXEC,
-            "noatime" => libc::MS_NOATIME,
-            "nodiratime" => libc::MS_NODIRATIME,
-            "relatime" => libc::MS_RELATIME,
-            "strictatime" => libc::MS_STRICTATIME,
-            _ => 0,
-        };
-    }
+    let flags = m.options.split(',').fold(0u64, |flags, o| {
+        flags
+            | match o {
+                "ro" => libc::MS_RDONLY,
+                "nosuid" => libc::MS_NOSUID,
+                "nodev" => libc::MS_NODEV,
+                "noexec" => libc::MS_NOEXEC,
+                "noatime" => libc::MS_NOATIME,
+                "nodiratime" => libc::MS_NODIRATIME,
+                "relatime" => libc::MS_RELATIME,
+                "strictatime" => libc::MS_STRICTATIME,
+                _ => 0,
+            }
+    });
     Some((data, flags))
 }
 
@@ -423,7 +410,7 @@ pub fn save(root: OwnedFd, what: &str, out: &Path) -> Result<()> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode_0600()
+        .mode(0o600)
         .open(out)
         .io_ctx(out)?;
     let mut w = Writer {
@@ -555,22 +542,7 @@ pub fn save(root: OwnedFd, what: &str, out: &Path) -> Result<()> {
 /// Checks that the opened `fd` is the entry `st` described (nothing swapped in or mounted
 /// over it between the stat and the open).
 fn same_file(fd: &OwnedFd, st: &libc::stat) -> std::io::Result<()> {
-    let empty = CString::default();
-    let mut now = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstatat with AT_EMPTY_PATH on an fd we own writes one stat.
-    let r = unsafe {
-        libc::fstatat(
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            now.as_mut_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fstatat succeeded and filled it.
-    let now = unsafe { now.assume_init() };
+    let now = nix::sys::stat::fstat(fd.as_raw_fd())?;
     if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
         return Err(std::io::Error::other("changed while it was being read"));
     }
@@ -601,17 +573,6 @@ fn copy_range(
         done += got as u64;
     }
     Ok(())
-}
-
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-
-impl Mode0600 for std::fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
-    }
 }
 
 /// Reads a content file, with the entry being read for errors.
@@ -733,7 +694,7 @@ fn set_times(c: &CString, m: &Meta, flags: i32) -> std::io::Result<()> {
 pub fn restore(file: &Path, target: &Path) -> Result<()> {
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags_nofollow_nonblock()
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(file)
         .io_ctx(file)?;
     if !f.metadata().io_ctx(file)?.is_file() {
@@ -808,8 +769,8 @@ pub fn restore(file: &Path, target: &Path) -> Result<()> {
                 let out = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
-                    .mode_0600()
-                    .custom_flags_nofollow()
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
                     .open(&dest)
                     .map_err(io)?;
                 out.set_len(size).map_err(io)?;
@@ -864,23 +825,6 @@ pub fn restore(file: &Path, target: &Path) -> Result<()> {
     Ok(())
 }
 
-trait NoFollow {
-    fn custom_flags_nofollow(&mut self) -> &mut Self;
-    fn custom_flags_nofollow_nonblock(&mut self) -> &mut Self;
-}
-
-impl NoFollow for std::fs::OpenOptions {
-    fn custom_flags_nofollow(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NOFOLLOW)
-    }
-
-    fn custom_flags_nofollow_nonblock(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-    }
-}
-
 fn write_segment<R: Read>(
     r: &mut Reader<R>,
     out: &File,
@@ -902,19 +846,50 @@ fn write_segment<R: Read>(
     Ok(())
 }
 
-/// The fresh tmpfs mounts filled from the images that stand in for the kept tmpfs mounts
-/// while CRIU binds them into the container; unmounted and removed on drop.
-pub(super) struct Mounted(Vec<PathBuf>);
+/// Fresh tmpfs mounts that stand in for mounts of a checkpoint (kept tmpfs mounts, masked
+/// directories) while CRIU binds them into the container, each in a numbered directory under
+/// one parent; unmounted and removed on drop.
+pub(super) struct Mounted {
+    parent: PathBuf,
+    mounts: Vec<PathBuf>,
+}
 
 impl Mounted {
-    pub(super) fn new() -> Mounted {
-        Mounted(Vec::new())
+    /// Mounts will go under `parent` (made on the first one).
+    pub(super) fn under(parent: PathBuf) -> Mounted {
+        Mounted {
+            parent,
+            mounts: Vec::new(),
+        }
     }
 
-    /// Mounts a tmpfs like `k` in a new directory under `parent`, fills it from the content
-    /// file in `images`, and returns its path.
-    pub(super) fn mount(&mut self, parent: &Path, images: &Path, k: &KeptTmpfs) -> Result<String> {
-        use nix::mount::{mount, MsFlags};
+    /// Mounts a tmpfs with `data` and `flags` in the next directory; `what` for errors.
+    fn tmpfs(&mut self, data: &str, flags: MsFlags, what: &str) -> Result<PathBuf> {
+        super::mkdir_0700(&self.parent)?;
+        let path = super::absolute(&self.parent.join(self.mounts.len().to_string()))?;
+        super::mkdir_0700(&path)?;
+        let opts = (!data.is_empty()).then_some(data);
+        nix::mount::mount(Some("tmpfs"), &path, Some("tmpfs"), flags, opts).map_err(|e| {
+            Error::Other(format!(
+                "mounting a tmpfs ({data}) for {what} on {}: {e}",
+                path.display()
+            ))
+        })?;
+        self.mounts.push(path.clone());
+        Ok(path)
+    }
+
+    /// An empty read-only tmpfs like the masked directory `d`; its path. One tmpfs per
+    /// masked directory, as at create: no two masks share a filesystem.
+    pub(super) fn masked(&mut self, d: &super::MaskedDir) -> Result<String> {
+        let data = format!("mode={:o},uid={},gid={}", d.mode, d.uid, d.gid);
+        let what = format!("the masked {}", d.path);
+        let path = self.tmpfs(&data, MsFlags::MS_RDONLY, &what)?;
+        Ok(path.to_string_lossy().into_owned())
+    }
+
+    /// A tmpfs like `k`, filled from its content file in `images`; its path.
+    pub(super) fn kept(&mut self, images: &Path, k: &KeptTmpfs) -> Result<String> {
         if k.flags & !ALLOWED_FLAGS != 0 {
             return Err(Error::Other(format!(
                 "cryo.json: kept_tmpfs {}: mount flags {:#x} (only ro, nosuid, nodev, noexec and \
@@ -933,24 +908,11 @@ impl Mounted {
                 k.path, k.file
             )));
         }
-        super::mkdir_0700(parent)?;
-        let path = super::absolute(&parent.join(self.0.len().to_string()))?;
-        super::mkdir_0700(&path)?;
         let flags = MsFlags::from_bits_truncate(k.flags);
-        let rw = flags - MsFlags::MS_RDONLY;
-        let data = (!k.data.is_empty()).then_some(k.data.as_str());
-        mount(Some("tmpfs"), &path, Some("tmpfs"), rw, data).map_err(|e| {
-            Error::Other(format!(
-                "mounting a tmpfs ({}) for {} on {}: {e}",
-                k.data,
-                k.path,
-                path.display()
-            ))
-        })?;
-        self.0.push(path.clone());
+        let path = self.tmpfs(&k.data, flags - MsFlags::MS_RDONLY, &k.path)?;
         restore(&images.join(&k.file), &path)?;
         if flags.contains(MsFlags::MS_RDONLY) {
-            mount(
+            nix::mount::mount(
                 None::<&str>,
                 &path,
                 None::<&str>,
@@ -965,13 +927,11 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        for p in &self.0 {
+        for p in &self.mounts {
             let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
             let _ = std::fs::remove_dir(p);
         }
-        if let Some(parent) = self.0.first().and_then(|p| p.parent()) {
-            let _ = std::fs::remove_dir(parent);
-        }
+        let _ = std::fs::remove_dir(&self.parent);
     }
 }
 
@@ -1270,8 +1230,8 @@ mod tests {
             flags,
             file: file.into(),
         };
-        let mut m = Mounted::new();
         let parent = dir.path().join("tmpfs");
+        let mut m = Mounted::under(parent.clone());
         for (bad, what) in [
             (
                 k(libc::MS_BIND | libc::MS_REC, "tmpfs-0.cryo.img"),
@@ -1281,7 +1241,7 @@ mod tests {
             (k(libc::MS_NOSUID, "/etc/passwd"), "content file name"),
             (k(libc::MS_NOSUID, "tmpfs-.cryo.img"), "content file name"),
         ] {
-            let e = m.mount(&parent, dir.path(), &bad).unwrap_err().to_string();
+            let e = m.kept(dir.path(), &bad).unwrap_err().to_string();
             assert!(e.contains(what) && e.contains("/dev/shm"), "{e}");
         }
         assert!(

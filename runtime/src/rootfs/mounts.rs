@@ -251,6 +251,8 @@ pub struct MountInfo {
     pub root: String,
     /// Mount point.
     pub mount_point: PathBuf,
+    /// Per-mount options (`rw,nosuid,relatime`).
+    pub options: String,
     /// Filesystem type.
     pub fstype: String,
     /// Super block options (for cgroup v1: the controllers).
@@ -267,6 +269,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
             Some(MountInfo {
                 root: unescape(pre.get(3)?),
                 mount_point: PathBuf::from(unescape(pre.get(4)?)),
+                options: (*pre.get(5)?).to_string(),
                 fstype: (*post.first()?).to_string(),
                 super_options: (*post.get(2).unwrap_or(&"")).to_string(),
             })
@@ -274,8 +277,14 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
         .collect()
 }
 
-/// Undoes mountinfo's octal escapes.
-pub(crate) fn unescape(s: &str) -> String {
+/// The mount at `mountpoint`, when `mounts` holds exactly one there.
+pub fn lone_mount_at<'a>(mounts: &'a [MountInfo], mountpoint: &Path) -> Option<&'a MountInfo> {
+    let mut at = mounts.iter().filter(|m| m.mount_point == mountpoint);
+    let first = at.next()?;
+    at.next().is_none().then_some(first)
+}
+
+fn unescape(s: &str) -> String {
     // mountinfo escapes space, tab, newline and backslash as \ooo.
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
