@@ -192,22 +192,51 @@ impl Bench<'_> {
         (c, packed)
     }
 
-    /// Streams the image file into a snapshot in page-server-like batches (read into one
-    /// reused buffer, as a page server receives them), then commits; the time.
+    /// Streams the image file into a snapshot in page-server-like batches, then commits; the
+    /// time. As in `cryo checkpoint`'s page server, one thread reads the next batches (into a
+    /// few reused buffers) while the writer compresses the current one.
     fn write_snapshot(&self, store: &Store, name: &str) -> Result<Duration> {
+        /// Buffers in flight: one being written, one read ahead, one being read.
+        const BUFFERS: usize = 3;
         let t0 = Instant::now();
         let mut f = std::fs::File::open(&self.raw)
             .with_context(|| format!("opening {}", self.raw.display()))?;
-        let mut batch = vec![0u8; self.o.batch_mib << 20];
+        let (len, batch) = (self.buf.len(), self.o.batch_mib << 20);
         let mut w = store.writer_with(self.writer)?;
-        let mut at = 0;
-        while at < self.buf.len() {
-            let n = batch.len().min(self.buf.len() - at);
-            f.read_exact(&mut batch[..n]).context("reading the image")?;
-            w.object(OBJECT)?
-                .add_pages(u64::try_from(at)?, &batch[..n])?;
-            at += n;
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(BUFFERS);
+        let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
+        for _ in 0..BUFFERS {
+            free_tx.send(vec![0u8; batch])?;
         }
+        std::thread::scope(|s| -> Result<()> {
+            let reader = s.spawn(move || -> Result<()> {
+                let mut at = 0;
+                while at < len {
+                    // The writer hung up: it failed, and says why.
+                    let Ok(mut buf) = free_rx.recv() else {
+                        return Ok(());
+                    };
+                    buf.resize(batch.min(len - at), 0);
+                    f.read_exact(&mut buf).context("reading the image")?;
+                    if full_tx.send((at, buf)).is_err() {
+                        return Ok(());
+                    }
+                    at += batch;
+                }
+                Ok(())
+            });
+            let written = full_rx.iter().try_for_each(|(at, buf)| -> Result<()> {
+                w.object(OBJECT)?.add_pages(u64::try_from(at)?, &buf)?;
+                // The reader may be done and gone: then the buffer is not needed.
+                let _ = free_tx.send(buf);
+                Ok(())
+            });
+            drop(full_rx);
+            let read = reader
+                .join()
+                .map_err(|_| anyhow::anyhow!("the image reader panicked"))?;
+            written.and(read)
+        })?;
         w.commit(Some(name))?;
         Ok(t0.elapsed())
     }
@@ -460,7 +489,8 @@ pub fn run(o: &Opts) -> Result<()> {
          --chunk-kib {chunk_kib} --batch-mib {batch_mib} --dir {dir}`. Image: {size_mib} MiB raw \
          (seed {SEED}: ½ random pages, ¼ zero pages, ¼ text) in {dir}; {cpus} CPUs; zstd \
          {zstd}, lz4 {lz4}. Write: the CLIs compress the image file into a file beside it; the \
-         store reads it in {batch_mib} MiB batches into a fresh store there and commits (syncfs \
+         store reads it in {batch_mib} MiB batches (a thread reading ahead, as a page server) into a \
+         fresh store there and commits (syncfs \
          included). Size: the compressed file; the store's chunks and manifests. Full read: the \
          CLIs decompress to /dev/null; the store opens a reader and reads the whole image into a \
          buffer, in parallel. Page fetch: {FETCHES} pages drawn uniformly (seed {FETCH_SEED}) \
