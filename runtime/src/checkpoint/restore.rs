@@ -329,10 +329,12 @@ impl Runtime {
                 let store = open_store(opts.store.as_deref())?;
                 let snapshot_err =
                     |e: cryo_snapshot::Error| Error::Other(format!("snapshot {reference}: {e}"));
-                // Resolved once, so that the server and this process open the same snapshot;
-                // the server starts first and reads its manifest and packs while this
-                // process reads them too, on the other core.
-                let snapshot = store.resolve(reference).map_err(snapshot_err)?.to_string();
+                // Resolved once, so that the server and this process open the same snapshot,
+                // and pinned until the restore is over: gc cannot remove it before the
+                // server's own reader pins it. The server starts first and reads its
+                // manifest and packs while this process reads them too, on the other core.
+                let pin = store.pin(reference).map_err(snapshot_err)?;
+                let snapshot = pin.id().to_string();
                 let path = absolute(&dir.path().join("images"))?;
                 mkdir_0700(&path)?;
                 let guard = RemoveDir(path.clone());
@@ -362,7 +364,7 @@ impl Runtime {
                     lazy_bytes = m.lazy_bytes,
                     "materialized the images"
                 );
-                (Some(guard), path)
+                (Some((guard, pin)), path)
             }
             None => {
                 let path = image_dir(&opts.image_path)?;

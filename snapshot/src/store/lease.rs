@@ -4,7 +4,8 @@
 //! for as long as the reader lives. The kernel drops the lock when the owner dies, so `gc` tells
 //! a live lease (lock held elsewhere) from the debris of a killed one (lock free) without
 //! trusting pids. Leases are created while the store lock is held shared and inspected while it
-//! is held exclusively, so a lease never appears half-made to `gc`.
+//! is held exclusively, so a lease never appears half-made to `gc`. [`Pin`] is the public face
+//! of a lease: a snapshot resolved and pinned in one step.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 use crate::store::digest::SnapshotId;
-use crate::store::files::{create_new, flock, unique_name, LockMode};
+use crate::store::files::{create_new, flock, lock_file, unique_name, LockMode};
 use crate::store::Store;
 
 /// A held lease; dropping it releases the pin.
@@ -37,6 +38,31 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// A snapshot resolved and pinned against `gc` and `rm` for as long as this value lives
+/// ([`Store::pin`]): what a caller holds between naming a snapshot and opening it, for
+/// example while it hands the ID to another process that opens it too.
+#[derive(Debug)]
+pub struct Pin {
+    id: SnapshotId,
+    _lease: Lease,
+}
+
+impl Pin {
+    /// Resolves `reference` and pins what it names, under the store lock (shared), so that
+    /// `gc` cannot remove the snapshot between the two.
+    pub(crate) fn take(store: &Store, reference: &str) -> Result<Pin> {
+        let _lock = lock_file(&store.lock_path(), LockMode::Shared)?;
+        let id = store.resolve(reference)?;
+        let lease = Lease::take(store, &id)?;
+        Ok(Pin { id, _lease: lease })
+    }
+
+    /// The pinned snapshot's ID.
+    pub fn id(&self) -> &SnapshotId {
+        &self.id
     }
 }
 

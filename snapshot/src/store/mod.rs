@@ -24,6 +24,7 @@ mod files;
 pub mod gc;
 pub mod inspect;
 mod lease;
+pub use lease::Pin;
 pub mod manifest;
 pub mod pack;
 pub mod reader;
@@ -349,6 +350,13 @@ impl Store {
     /// Starts a snapshot with `opts`.
     pub fn writer_with(&self, opts: writer::WriterOptions) -> Result<writer::Writer> {
         writer::Writer::new(self.clone(), opts)
+    }
+
+    /// Resolves `reference` and pins the snapshot it names against `gc` and `rm` until the
+    /// returned [`Pin`] is dropped; what a caller holds while the ID is in other hands (a
+    /// restore handing it to its lazy-pages server) before a [`Store::reader`] pins it too.
+    pub fn pin(&self, reference: &str) -> Result<Pin> {
+        Pin::take(self, reference)
     }
 
     /// Opens a snapshot for reading by reference; the reader pins it against gc and rm.

@@ -10,8 +10,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::store::chunk::ChunkCtx;
 use crate::store::digest::{ChunkDigest, SnapshotId};
-use crate::store::files::{self, LockMode};
-use crate::store::lease::Lease;
+use crate::store::lease::Pin;
 use crate::store::manifest::{Extent, Manifest, ObjectKind, ObjectMeta, PAGE_SIZE};
 use crate::store::pack::{self, Pack};
 use crate::store::workingset::{self, PageRef};
@@ -81,20 +80,18 @@ pub struct Reader {
     /// The packs the manifest names, open, with their verified indexes.
     packs: Vec<Pack>,
     cache: Mutex<ChunkCache>,
-    _lease: Lease,
+    _pin: Pin,
 }
 
 impl Reader {
     /// Resolves `reference`, loads and verifies the manifest, and pins the snapshot.
     pub(crate) fn open(store: Store, reference: &str) -> Result<Reader> {
-        // Shared store lock while resolving and pinning: gc cannot remove the snapshot
-        // between the moment it is found and the moment the lease exists.
-        let lock = files::lock_file(&store.lock_path(), LockMode::Shared)?;
-        let id = store.resolve(reference)?;
+        // Pinned first (resolved and leased under the store lock): gc cannot remove the
+        // snapshot, nor the packs it names, while its manifest and packs are opened.
+        let pin = Pin::take(&store, reference)?;
+        let id = *pin.id();
         let manifest = store.load_manifest(&id)?;
-        let lease = Lease::take(&store, &id)?;
         let packs = pack::open_all(&store.packs_dir(), &manifest.meta.packs);
-        drop(lock);
         let packs = packs.map_err(|e| match e {
             Error::BadPack { path, reason } => Error::BadPack {
                 path,
@@ -121,7 +118,7 @@ impl Reader {
                 tick: 0,
                 entries: Vec::new(),
             }),
-            _lease: lease,
+            _pin: pin,
         })
     }
 

@@ -213,6 +213,31 @@ fn reader_lease_pins_against_gc_and_rm() {
 }
 
 #[test]
+fn a_pin_keeps_what_a_name_resolved_to_while_the_name_moves_and_gc_runs() {
+    let (_d, store) = store();
+    let first = write_image(&store, &memory_image(8 * PG, 1), 0, 8, Some("p"));
+    let pin = store.pin("p").unwrap();
+    assert_eq!(*pin.id(), first);
+    let second = write_image(&store, &memory_image(8 * PG, 2), 0, 8, Some("p"));
+    assert_ne!(first, second);
+    assert!(matches!(
+        store.remove(&first.to_string()),
+        Err(Error::InUse { .. })
+    ));
+    assert_eq!(store.gc().unwrap().snapshots_removed, 0);
+    let r = store.reader(&first.to_string()).unwrap();
+    assert!(r.verify().failures.is_empty());
+    drop(r);
+    drop(pin);
+    assert_eq!(store.gc().unwrap().snapshots_removed, 1);
+    assert!(matches!(
+        store.reader(&first.to_string()),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(store.pin("absent"), Err(Error::NotFound { .. })));
+}
+
+#[test]
 fn flipped_chunk_or_damaged_pack_is_an_error_naming_it() {
     let (_d, store) = store();
     let image = memory_image(32 * PG, 11);
