@@ -379,3 +379,49 @@ fn init_binary_cannot_be_written_from_the_container() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn delete_removes_what_a_killed_create_or_restore_left_and_frees_the_id() {
+    skip_unless_root!();
+    let env = Env::new("aborted");
+    let b = env.bundle("a", &base_config(&["sleep", "100"]));
+    let mounted = |p: &std::path::Path| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&format!(" {} ", p.display()))
+    };
+    // What a restore killed after it mounted a kept tmpfs and before it wrote state.json
+    // leaves: the container's directory, a mount below it, no state.json.
+    let aborted = |id: &str| {
+        let dir = env.root.join(id);
+        let kept = dir.join("tmpfs-0");
+        std::fs::create_dir_all(&kept).unwrap();
+        let o = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&kept)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        std::fs::write(kept.join("f"), b"left behind").unwrap();
+        (dir, kept)
+    };
+    let id = env.id("a");
+    let (dir, kept) = aborted(&id);
+    let o = env.cryo(&["create", "--bundle", b.to_str().unwrap(), &id]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("container with id exists"));
+    // `delete` says the container does not exist (it never did), as runc does, and removes
+    // the directory, detaching the mount first.
+    let o = env.cryo(&["delete", &id]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+    assert!(!dir.exists() && !mounted(&kept));
+    // The id is free again.
+    env.ok(&["create", "--bundle", b.to_str().unwrap(), &id]);
+    assert_eq!(env.status(&id), "created");
+    env.ok(&["delete", &id]);
+    // With --force, the same clean-up is not an error.
+    let id2 = env.id("f");
+    let (dir2, kept2) = aborted(&id2);
+    env.ok(&["delete", "--force", &id2]);
+    assert!(!dir2.exists() && !mounted(&kept2));
+}

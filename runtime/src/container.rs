@@ -661,7 +661,24 @@ impl Runtime {
     /// `delete`: removes a stopped container (created ones too, as runc does); `force` kills
     /// a running one first.
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
-        let (dir, st, status) = self.load(id)?;
+        let dir = StateDir::open(&self.root, id)?;
+        let st = match dir.load() {
+            Ok(st) => st,
+            // A create or restore killed before it wrote state.json left its directory (and,
+            // for a restore, mounts below it): no container exists, and nothing else would
+            // ever remove it or free the id. As runc does, remove it and say the container
+            // does not exist. The directory's lock, held here, proves its creator is gone.
+            Err(Error::NotFound(_)) => {
+                tracing::debug!(
+                    id,
+                    "removing the state directory of an aborted create or restore"
+                );
+                dir.remove()?;
+                return Err(Error::NotFound(id.to_string()));
+            }
+            Err(e) => return Err(e),
+        };
+        let status = self.status_of(&dir, &st);
         self.delete_loaded(dir, &st, status, force)
     }
 
