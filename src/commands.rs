@@ -166,10 +166,28 @@ pub enum Command {
         /// Leave the container running after the checkpoint.
         #[arg(long = "leave-running")]
         leave_running: bool,
-        /// Lazy migration through a page server (not supported yet: cryo's own lazy restore
-        /// comes from the snapshot store).
-        #[arg(long = "lazy-pages")]
+        /// Lazy migration, as runc's: the memory stays in the frozen container and CRIU
+        /// serves it on --page-server's port to the restoring side's `criu lazy-pages
+        /// --page-server`; the checkpoint ends, and the container is gone, once every page is
+        /// fetched. (cryo's own lazy restore needs none of this: `restore --lazy-pages
+        /// --snapshot`.)
+        #[arg(
+            long = "lazy-pages",
+            requires = "page_server",
+            conflicts_with = "snapshot"
+        )]
         lazy_pages: bool,
+        /// ADDRESS:PORT of a `criu page-server` that receives the memory pages instead of the
+        /// image directory; with --lazy-pages, the port CRIU listens on.
+        #[arg(
+            long = "page-server",
+            value_name = "ADDRESS:PORT",
+            conflicts_with = "snapshot"
+        )]
+        page_server: Option<cryo_runtime::PageServerAddr>,
+        /// A descriptor that gets one zero byte once the --lazy-pages page server listens.
+        #[arg(long = "status-fd", value_name = "FD")]
+        status_fd: Option<i32>,
         /// Accepted for runc compatibility; pre-dumps need soft-dirty tracking.
         #[arg(long = "pre-dump")]
         pre_dump: bool,
@@ -212,9 +230,11 @@ pub enum Command {
         /// Accepted for runc compatibility.
         #[arg(long = "no-subreaper")]
         no_subreaper: bool,
-        /// Lazy restore (with --snapshot): the container runs at once while its memory streams
-        /// in from the store.
-        #[arg(long = "lazy-pages", requires = "snapshot")]
+        /// Lazy restore: the container runs at once while its memory streams in, with
+        /// --snapshot from the store (cryo's own lazy-pages server); from an image directory
+        /// of `checkpoint --lazy-pages`, from the `criu lazy-pages --page-server` daemon the
+        /// caller started in the work directory (runc's lazy migration).
+        #[arg(long = "lazy-pages")]
         lazy_pages: bool,
         #[command(flatten)]
         criu: CriuArgs,
@@ -472,16 +492,24 @@ pub fn run(cli: &Cli) -> Result<u8> {
             images,
             leave_running,
             lazy_pages,
+            page_server,
+            status_fd,
             pre_dump,
             compression,
             criu,
             gpu,
         } => {
-            if *lazy_pages || *pre_dump {
+            if *pre_dump {
                 bail!(
-                    "checkpoint: --lazy-pages and --pre-dump are not supported yet \
-                     (pre-dumps need soft-dirty page tracking)"
+                    "checkpoint: --pre-dump is not supported yet (pre-dumps need soft-dirty \
+                     page tracking)"
                 );
+            }
+            if let Some(fd) = *status_fd {
+                // SAFETY: F_GETFD only asks whether `fd` is open.
+                if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                    bail!("checkpoint: --status-fd {fd} is not an open descriptor");
+                }
             }
             let mut flags = criu.flags(cli.criu.as_deref())?;
             flags.gpu = gpu.options();
@@ -494,6 +522,9 @@ pub fn run(cli: &Cli) -> Result<u8> {
                     snapshot: images.snapshot.clone(),
                     store: images.store.as_ref().map(|p| absolute(p)),
                     compression: *compression,
+                    lazy_pages: *lazy_pages,
+                    page_server: page_server.clone(),
+                    status_fd: *status_fd,
                     flags,
                 },
             )?;

@@ -1209,3 +1209,238 @@ fn an_eager_restore_from_a_damaged_snapshot_is_refused_and_nothing_runs() {
         .unwrap_or(false);
     assert!(!cg, "the restored tree's cgroup is gone");
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `fs.pipe-max-size` raised for a while, put back when dropped.
+struct PipeMaxSize {
+    was: String,
+    want: u64,
+}
+
+impl PipeMaxSize {
+    const PATH: &'static str = "/proc/sys/fs/pipe-max-size";
+
+    /// A guard when a pipe of `bytes` may not be made now (no CAP_SYS_RESOURCE, the limit
+    /// below it); `None` when it may.
+    fn at_least(bytes: u64) -> Option<PipeMaxSize> {
+        let mut fds = [0i32; 2];
+        // SAFETY: `fds` has room for both ends, closed below.
+        unsafe {
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            let ok = libc::fcntl(fds[0], libc::F_SETPIPE_SZ, i32::try_from(bytes).unwrap()) >= 0;
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+            if ok {
+                return None;
+            }
+        }
+        Some(PipeMaxSize {
+            was: std::fs::read_to_string(Self::PATH).unwrap(),
+            want: bytes,
+        })
+    }
+
+    fn raise(&self) {
+        std::fs::write(Self::PATH, self.want.to_string()).unwrap();
+    }
+}
+
+impl Drop for PipeMaxSize {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, self.was.trim());
+    }
+}
+
+/// One byte from `fd`, waiting at most `secs`; `None` at end of file or timeout.
+fn read_byte(fd: i32, secs: i32) -> Option<u8> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; `b` outlives the read.
+    unsafe {
+        if libc::poll(&mut p, 1, secs * 1000) != 1 {
+            return None;
+        }
+        let mut b = 0u8;
+        (libc::read(fd, std::ptr::addr_of_mut!(b).cast(), 1) == 1).then_some(b)
+    }
+}
+
+fn wait_exit(child: &mut std::process::Child, secs: u64, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} still running after {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn lazy_migration_as_runc_does_it_with_criu_lazy_pages() {
+    skip_unless_criu!();
+    let criu = cryo_snapshot::criu::Criu::locate(None).unwrap();
+    let env = Env::new("migrate");
+    let (id, pid) = env.detach("c", &checksum_config());
+    let sum = wait_file(pid, "/tmp/sum");
+    wait_count_past(pid, 2);
+    let bundle = env.dir.path().join("c");
+    let images = env.dir.path().join("images");
+    let work = env.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let port = free_port().to_string();
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let args = |status_fd: i32| {
+        let mut a = vec!["checkpoint".to_string(), "--lazy-pages".into()];
+        a.extend(["--page-server".into(), format!("127.0.0.1:{port}")]);
+        a.extend(["--status-fd".into(), status_fd.to_string()]);
+        a.extend(["--image-path".into(), path(&images)]);
+        a.extend(["--work-path".into(), path(&work), id.clone()]);
+        a
+    };
+    // CRIU's lazy page server needs 4 MiB pipes: where this root lacks CAP_SYS_RESOURCE
+    // (containers, this CI), beyond fs.pipe-max-size it may not, and cryo refuses before
+    // freezing anything. The test then raises the limit for its own duration.
+    let _limit = PipeMaxSize::at_least(4 << 20).inspect(|guard| {
+        let o = env.cryo(&args(2).iter().map(String::as_str).collect::<Vec<_>>());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("pipe-max-size"),
+            "{err}"
+        );
+        assert_eq!(env.status(&id), "running");
+        assert!(!images.exists());
+        guard.raise();
+        println!("raised fs.pipe-max-size for CRIU's lazy page server (no CAP_SYS_RESOURCE)");
+    });
+    // runc's --status-fd: a pipe whose write end (not close-on-exec) the checkpoint inherits.
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (r, w) = (fds[0], fds[1]);
+    let ckpt_err = env.dir.path().join("checkpoint.stderr");
+    let mut ckpt = env
+        .cmd()
+        .args(args(w))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&ckpt_err).unwrap())
+        .spawn()
+        .unwrap();
+    // SAFETY: our copy of the write end; the checkpoint has its own.
+    unsafe { libc::close(w) };
+    // A zero byte once CRIU's page server listens, with the images published by then.
+    let ready = read_byte(r, 60);
+    // SAFETY: closed once, not used after.
+    unsafe { libc::close(r) };
+    assert_eq!(
+        ready,
+        Some(0),
+        "no status byte: {}",
+        std::fs::read_to_string(&ckpt_err).unwrap_or_default()
+    );
+    assert!(images.join("inventory.img").exists());
+    assert_eq!(meta(&images)["lazy_migration"], true);
+    // The memory is not in the images: a restore that does not fetch it is refused, and so
+    // is a lazy one with nothing to fetch it from; neither leaves a container behind.
+    let o = env.cryo(&[
+        "restore",
+        "-d",
+        "--image-path",
+        &path(&images),
+        "--bundle",
+        &path(&bundle),
+        &env.id("x"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("lazy migration"),
+        "{err}"
+    );
+    let o = env.cryo(&[
+        "restore",
+        "-d",
+        "--lazy-pages",
+        "--image-path",
+        &path(&images),
+        "--bundle",
+        &path(&bundle),
+        &env.id("x"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no lazy-pages daemon"),
+        "{err}"
+    );
+    assert!(
+        env.ok(&["list", "-q"]).trim() == id,
+        "only the original is left"
+    );
+    // The restoring side: CRIU's lazy-pages daemon listens in the image directory (CRIU's
+    // work directory at the restore) and fetches from the page server.
+    let mut daemon = std::process::Command::new(criu.path())
+        .args(["lazy-pages", "--page-server", "--address", "127.0.0.1"])
+        .args([
+            "--port",
+            &port,
+            "-D",
+            &path(&images),
+            "-o",
+            "lazy-pages.log",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = images.join("lazy-pages.socket");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "criu lazy-pages never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let rid = env.id("r");
+    env.ok(&[
+        "restore",
+        "-d",
+        "--lazy-pages",
+        "--image-path",
+        &path(&images),
+        "--bundle",
+        &path(&bundle),
+        &rid,
+    ]);
+    let rpid = env.state(&rid)["pid"].as_i64().unwrap();
+    let n = wait_count_past(rpid, 0);
+    wait_count_past(rpid, n + 2);
+    std::fs::write(format!("/proc/{rpid}/root/tmp/check"), b"").unwrap();
+    assert_eq!(wait_file(rpid, "/tmp/sum2"), sum, "migrated memory differs");
+    // Every page fetched: the checkpoint ends with its container gone, the daemon exits.
+    let st = wait_exit(&mut ckpt, 60, "the lazy checkpoint");
+    assert!(
+        st.success(),
+        "checkpoint: {st}: {}",
+        std::fs::read_to_string(&ckpt_err).unwrap_or_default()
+    );
+    assert!(wait_exit(&mut daemon, 30, "criu lazy-pages").success());
+    assert!(
+        !env.cryo(&["state", &id]).status.success(),
+        "the original is gone"
+    );
+    let n = count(rpid);
+    wait_count_past(rpid, n + 2);
+    env.remove(&rid);
+}

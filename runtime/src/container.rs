@@ -554,6 +554,15 @@ impl Runtime {
         Ok((dir, st, status))
     }
 
+    /// Like [`Runtime::load`], without taking the container's lock: for commands that only
+    /// read (state, list, ps, stats), which must not wait for a checkpoint to end.
+    fn peek(&self, id: &str) -> Result<(StateDir, ContainerState, Status)> {
+        let dir = StateDir::unlocked(&self.root, id)?;
+        let st = dir.load()?;
+        let status = self.status_of(&dir, &st);
+        Ok((dir, st, status))
+    }
+
     pub(crate) fn status_of(&self, dir: &StateDir, st: &ContainerState) -> Status {
         if !state::process_alive(st.pid, st.pid_start) {
             return Status::Stopped;
@@ -571,7 +580,7 @@ impl Runtime {
 
     /// `state`: runc's JSON view.
     pub fn state(&self, id: &str) -> Result<OciState> {
-        let (_dir, st, status) = self.load(id)?;
+        let (_dir, st, status) = self.peek(id)?;
         Ok(st.oci(status))
     }
 
@@ -776,7 +785,7 @@ impl Runtime {
 
     /// `ps`: the pids in the container's cgroup.
     pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
-        let (_dir, st, _status) = self.load(id)?;
+        let (_dir, st, _status) = self.peek(id)?;
         match &st.cgroup {
             Some(c) => Ok(cgroups::from_state(c)?.pids()?),
             None => Ok(vec![st.pid]),
@@ -804,7 +813,7 @@ impl Runtime {
 
     /// Cgroup statistics of a container.
     pub fn stats(&self, id: &str) -> Result<cgroups::Stats> {
-        let (_dir, st, _status) = self.load(id)?;
+        let (_dir, st, _status) = self.peek(id)?;
         let c = st
             .cgroup
             .as_ref()

@@ -27,7 +27,9 @@ pub mod spec;
 pub mod state;
 pub mod syscall;
 
-pub use checkpoint::{CgroupsMode, CheckpointOptions, CriuFlags, GpuOptions, RestoreOptions};
+pub use checkpoint::{
+    CgroupsMode, CheckpointOptions, CriuFlags, GpuOptions, PageServerAddr, RestoreOptions,
+};
 pub use container::{CreateOptions, ExecOptions, InitBinary, Runtime, Stdio};
 /// The `OLD=NEW` map a restore puts CUDA processes onto other GPUs with (`GpuOptions::gpu_map`).
 pub use cryo_snapshot::gpu::GpuMap;

@@ -148,12 +148,14 @@ pub fn validate_id(id: &str) -> Result<()> {
     }
 }
 
-/// A container's directory under the state root, locked for the lifetime of this value.
+/// A container's directory under the state root, locked for the lifetime of this value (but
+/// for one from [`StateDir::unlocked`]).
 #[derive(Debug)]
 pub struct StateDir {
     id: String,
     path: PathBuf,
-    _lock: OwnedFd,
+    /// `None` for a directory only looked at ([`StateDir::unlocked`]).
+    _lock: Option<OwnedFd>,
 }
 
 fn lock_dir(path: &Path) -> Result<OwnedFd> {
@@ -186,7 +188,7 @@ impl StateDir {
         Ok(StateDir {
             id: id.to_string(),
             path,
-            _lock: lock,
+            _lock: Some(lock),
         })
     }
 
@@ -208,7 +210,23 @@ impl StateDir {
         Ok(StateDir {
             id: id.to_string(),
             path,
-            _lock: lock,
+            _lock: Some(lock),
+        })
+    }
+
+    /// The state dir of an existing container, not locked: for reading its state while
+    /// another command holds the lock (a checkpoint, which may last as long as a lazy
+    /// migration). state.json is replaced by rename, so what is read is whole.
+    pub fn unlocked(root: &Path, id: &str) -> Result<Self> {
+        validate_id(id).map_err(|_| Error::NotFound(id.to_string()))?;
+        let path = root.join(id);
+        if !path.join(STATE_FILE).exists() {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        Ok(StateDir {
+            id: id.to_string(),
+            path,
+            _lock: None,
         })
     }
 

@@ -963,6 +963,9 @@ impl Task for Service {
             snapshot,
             store: None,
             compression: Default::default(),
+            lazy_pages: false,
+            page_server: None,
+            status_fd: None,
             flags: cryo_runtime::CriuFlags {
                 tcp_established: o.open_tcp,
                 ext_unix_sk: o.external_unix_sockets,

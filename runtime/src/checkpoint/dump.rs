@@ -59,14 +59,26 @@ fn publish(staging: &Path, target: &Path) -> Result<()> {
 /// Publishes the images at CRIU's `post-dump` notification: the tree is still frozen then, so
 /// a failure to publish makes CRIU thaw it and report the dump failed (the container keeps
 /// running), and a success lets CRIU kill it (or resume it with `leave_running`).
+/// Also passes CRIU's `status-ready` (its lazy-migration page server listens) on to the
+/// caller's status fd, as runc's `--status-fd`.
 struct PublishAtPostDump<'a> {
     publish: &'a mut dyn FnMut() -> Result<()>,
     published: bool,
     error: Option<Error>,
+    status_fd: Option<std::os::fd::RawFd>,
 }
 
 impl Notify for PublishAtPostDump<'_> {
     fn notify(&mut self, n: Notification<'_>) -> std::result::Result<(), String> {
+        if n.script == "status-ready" {
+            if let Some(fd) = self.status_fd.take() {
+                // SAFETY: the caller lends `fd` for the checkpoint; it is only written to.
+                let file = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                nix::unistd::write(file, &[0u8])
+                    .map_err(|e| format!("writing to the status fd {fd}: {e}"))?;
+            }
+            return Ok(());
+        }
         if n.script != "post-dump" || self.published {
             return Ok(());
         }
@@ -82,6 +94,38 @@ impl Notify for PublishAtPostDump<'_> {
             }
         }
     }
+}
+
+/// The pipe CRIU's lazy page server tees pages through: `PIPE_MAX_SIZE` pages (819), which
+/// the kernel rounds up to 1024.
+const CRIU_LAZY_PIPE_BYTES: i32 = 4 << 20;
+
+/// Whether CRIU's lazy page server may size its pipe: beyond `fs.pipe-max-size` that needs
+/// CAP_SYS_RESOURCE, and CRIU (4.2) does not check that it got it, so each page request would
+/// fail (a splice into a descriptor it never opened) after the whole dump. A probe here,
+/// with the rights CRIU inherits, before anything is frozen.
+fn lazy_page_server_pipes() -> Result<()> {
+    let (r, _w) = nix::unistd::pipe().map_err(|e| Error::Other(format!("pipe: {e}")))?;
+    // SAFETY: F_SETPIPE_SZ on a pipe this function owns.
+    let set = unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&r),
+            libc::F_SETPIPE_SZ,
+            CRIU_LAZY_PIPE_BYTES,
+        )
+    };
+    if set >= 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    let max = fs::read_to_string("/proc/sys/fs/pipe-max-size").unwrap_or_default();
+    Err(Error::Other(format!(
+        "checkpoint --lazy-pages: CRIU's lazy page server needs pipes of \
+         {CRIU_LAZY_PIPE_BYTES} bytes, which this process may not make ({err}; \
+         fs.pipe-max-size is {}, and beyond it CAP_SYS_RESOURCE is needed): every page \
+         request would fail. Raise /proc/sys/fs/pipe-max-size to {CRIU_LAZY_PIPE_BYTES}",
+        max.trim()
+    )))
 }
 
 /// Where CRIU's raw images wait for ingest: `fallback` (in the state directory) when that is
@@ -126,6 +170,23 @@ impl Runtime {
                 status: status.to_string(),
                 hint: ": only a running or paused container can be checkpointed",
             });
+        }
+        if opts.snapshot.is_some() && (opts.lazy_pages || opts.page_server.is_some()) {
+            return Err(Error::Other(
+                "checkpoint: --lazy-pages and --page-server send the memory to another CRIU; \
+                 a snapshot keeps it in the store (restore it with --lazy-pages --snapshot)"
+                    .into(),
+            ));
+        }
+        if opts.lazy_pages && opts.page_server.is_none() {
+            return Err(Error::Other(
+                "checkpoint --lazy-pages needs --page-server ADDRESS:PORT: the port the \
+                 restoring side's `criu lazy-pages --page-server` connects to"
+                    .into(),
+            ));
+        }
+        if opts.lazy_pages {
+            lazy_page_server_pipes()?;
         }
         let criu = Criu::locate(opts.flags.criu.as_deref()).map_err(criu_err)?;
         let mut report = CheckpointReport::default();
@@ -245,6 +306,7 @@ impl Runtime {
             publish: &mut save_then_publish,
             published: false,
             error: None,
+            status_fd: opts.status_fd,
         };
         let t0 = std::time::Instant::now();
         let r = config.and_then(|config| {
@@ -347,6 +409,7 @@ impl Runtime {
             masked_dirs,
             kept_tmpfs,
             cgroups_flat: flat,
+            lazy_migration: opts.lazy_pages,
         };
         write_json(&staging.join(META_FILE), &meta)?;
         let paths: Vec<&str> = meta.descriptors.iter().map(|d| d.path.as_str()).collect();
@@ -398,6 +461,15 @@ impl Runtime {
         if page_server.is_some() {
             o.ps = Some(rpc::CriuPageServerInfo {
                 fd: Some(PS_FD),
+                ..Default::default()
+            });
+        } else if let Some(ps) = &opts.page_server {
+            // Migration: CRIU connects to a page server there, or with lazy pages listens
+            // on its port itself.
+            o.lazy_pages = Some(opts.lazy_pages);
+            o.ps = Some(rpc::CriuPageServerInfo {
+                address: Some(ps.address.clone()),
+                port: Some(i32::from(ps.port)),
                 ..Default::default()
             });
         }

@@ -138,8 +138,56 @@ pub struct CheckpointOptions {
     /// frozen while they are: `none` or `lz4` checkpoint faster, and `Store::compact`
     /// (`cryo snapshot compact`) shrinks them later.
     pub compression: cryo_snapshot::CodecPolicy,
+    /// runc's `--lazy-pages` (lazy migration): CRIU dumps everything but the private memory,
+    /// which stays in the frozen container and is served from `page_server`'s port to a
+    /// `criu lazy-pages --page-server` daemon on the restoring side, whose restore (`restore
+    /// --lazy-pages` from these images) runs at once. The checkpoint returns, and the container
+    /// is gone, once every page has been fetched. Needs `page_server`; not with `snapshot`.
+    pub lazy_pages: bool,
+    /// runc's `--page-server`: without `lazy_pages`, CRIU sends the memory pages to the
+    /// `criu page-server` listening there instead of writing them into `image_path`; with it,
+    /// CRIU listens on its port (every address) for the lazy-pages daemon.
+    pub page_server: Option<PageServerAddr>,
+    /// runc's `--status-fd`: a descriptor of this process that gets one zero byte once the
+    /// lazy-pages server listens (the images are published by then).
+    pub status_fd: Option<std::os::fd::RawFd>,
     /// The shared switches.
     pub flags: CriuFlags,
+}
+
+/// A page server's `ADDRESS:PORT` (runc's `--page-server`); the address may be an IPv6
+/// address in brackets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageServerAddr {
+    /// Host name or address.
+    pub address: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl std::str::FromStr for PageServerAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = |why: &str| format!("page server {s:?}: {why} (expected ADDRESS:PORT)");
+        let (address, port) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        let address = address
+            .strip_prefix('[')
+            .and_then(|a| a.strip_suffix(']'))
+            .unwrap_or(address);
+        if address.is_empty() {
+            return Err(bad("no address"));
+        }
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?;
+        Ok(PageServerAddr {
+            address: address.to_string(),
+            port,
+        })
+    }
 }
 
 /// `restore` options.
@@ -158,8 +206,11 @@ pub struct RestoreOptions {
     /// Restore from this snapshot of the store (a name, `sha256:HEX` or a unique prefix)
     /// instead of `image_path`.
     pub snapshot: Option<String>,
-    /// Lazy restore (with `snapshot`): the process runs at once and its private memory
-    /// streams in from the store through cryo's lazy-pages server (`cryo lazy-pages`).
+    /// Lazy restore: the process runs at once and its private memory streams in. With
+    /// `snapshot`, from the store through cryo's lazy-pages server (`cryo lazy-pages`);
+    /// without, from the `criu lazy-pages --page-server` daemon the caller started in CRIU's
+    /// work directory, for images of a [`CheckpointOptions::lazy_pages`] checkpoint (runc's
+    /// lazy migration).
     pub lazy: bool,
     /// Leave the restored tree stopped (CRIU's `--leave-stopped`); resume it with SIGCONT.
     pub leave_stopped: bool,
@@ -204,6 +255,11 @@ pub struct ImageMeta {
     /// cryo (see [`CriuFlags::cgroups_mode`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cgroups_flat: bool,
+    /// Whether the private memory was left to a lazy-migration page server
+    /// ([`CheckpointOptions::lazy_pages`]) instead of being written here: only a restore
+    /// with `--lazy-pages` and a `criu lazy-pages` daemon can bring these images back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lazy_migration: bool,
 }
 
 /// A masked directory (`linux.maskedPaths`) as the checkpoint found it: an empty read-only

@@ -395,6 +395,14 @@ impl Runtime {
                 ),
             });
         }
+        if meta.lazy_migration && !asked.lazy {
+            return Err(Error::Other(format!(
+                "{}: dumped for lazy migration (checkpoint --lazy-pages), without its memory: \
+                 restore it with --lazy-pages while `criu lazy-pages --page-server` fetches the \
+                 pages from the checkpoint's page server",
+                images_path.display()
+            )));
+        }
         // CUDA processes must get their device memory back before they run: CRIU leaves the
         // tree stopped, and only their restore threads run until it is back.
         let stopped = RestoreOptions {
@@ -416,10 +424,23 @@ impl Runtime {
         phase("images ready");
         let mut daemon = match (opts.lazy, starting) {
             (false, _) => None,
+            // runc's lazy migration: CRIU's own lazy-pages daemon, started by the caller in
+            // CRIU's work directory, serves the pages from the checkpoint's page server.
             (true, None) => {
-                return Err(Error::Other(
-                    "restore --lazy-pages needs --snapshot (lazy pages come from the store)".into(),
-                ))
+                let socket = opts
+                    .work_path
+                    .as_deref()
+                    .unwrap_or(&images_path)
+                    .join("lazy-pages.socket");
+                if !socket.exists() {
+                    return Err(Error::Other(format!(
+                        "restore --lazy-pages: no lazy-pages daemon at {}: restore from the \
+                         store with --snapshot, or start `criu lazy-pages --page-server \
+                         --address ADDRESS --port PORT` on the images (lazy migration)",
+                        socket.display()
+                    )));
+                }
+                None
             }
             (true, Some(s)) => Some(s.listening()?),
         };
