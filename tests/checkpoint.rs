@@ -1444,3 +1444,67 @@ fn lazy_migration_as_runc_does_it_with_criu_lazy_pages() {
     wait_count_past(rpid, n + 2);
     env.remove(&rid);
 }
+
+#[test]
+fn checkpoint_sends_the_pages_to_a_criu_page_server_as_runc_does() {
+    skip_unless_criu!();
+    let criu = cryo_snapshot::criu::Criu::locate(None).unwrap();
+    let env = Env::new("ps");
+    let (id, pid) = env.detach("c", &checksum_config());
+    let sum = wait_file(pid, "/tmp/sum");
+    wait_count_past(pid, 2);
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    // The receiving side: `criu page-server` writes the pages into its own directory.
+    let (images, received) = (env.dir.path().join("images"), env.dir.path().join("recv"));
+    std::fs::create_dir_all(&received).unwrap();
+    let port = free_port().to_string();
+    let mut server = std::process::Command::new(criu.path())
+        .args(["page-server", "-D", &path(&received), "--port", &port])
+        .args(["-o", "page-server.log"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // It serves one dump and exits, so it is not probed: a checkpoint that finds it not
+    // listening yet fails, leaves the container running, and is tried again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ps = format!("127.0.0.1:{port}");
+    loop {
+        let o = env.cryo(&[
+            "checkpoint",
+            "--page-server",
+            &ps,
+            "--image-path",
+            &path(&images),
+            &id,
+        ]);
+        if o.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(Instant::now() < deadline, "checkpoint: {err}");
+        assert_eq!(env.status(&id), "running", "{err}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(wait_exit(&mut server, 30, "criu page-server").success());
+    // The pages went to the server, the rest to the image directory.
+    let has_pages = |d: &Path| {
+        std::fs::read_dir(d).unwrap().any(|e| {
+            let e = e.unwrap();
+            e.file_name().to_string_lossy().starts_with("pages-")
+                && e.metadata().unwrap().len() > 6_000_000
+        })
+    };
+    assert!(has_pages(&received) && !has_pages(&images));
+    for e in std::fs::read_dir(&images).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), received.join(e.file_name())).unwrap();
+    }
+    let rid = env.id("r");
+    let rpid = restore(&env, &received, &env.dir.path().join("c"), &rid);
+    let n = wait_count_past(rpid, 0);
+    wait_count_past(rpid, n + 2);
+    std::fs::write(format!("/proc/{rpid}/root/tmp/check"), b"").unwrap();
+    assert_eq!(wait_file(rpid, "/tmp/sum2"), sum, "restored memory differs");
+    env.remove(&rid);
+}
