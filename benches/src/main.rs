@@ -159,8 +159,9 @@ enum Scenario {
         /// The store's chunk size in KiB (a multiple of 4, at most 4096).
         #[arg(long = "chunk-kib", default_value_t = 64)]
         chunk_kib: usize,
-        /// The batches the store receives the image in, in MiB (as from a page server).
-        #[arg(long = "batch-mib", default_value_t = 4)]
+        /// The batches the store receives the image in, in MiB (8: those of cryo checkpoint's
+        /// page server).
+        #[arg(long = "batch-mib", default_value_t = 8)]
         batch_mib: usize,
     },
     /// Device-buffer snapshots (cryo-snapshot's gpu::buffers): device memory saved into a

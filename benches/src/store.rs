@@ -196,8 +196,8 @@ impl Bench<'_> {
     /// time. As in `cryo checkpoint`'s page server, one thread reads the next batches (into a
     /// few reused buffers) while the writer compresses the current one.
     fn write_snapshot(&self, store: &Store, name: &str) -> Result<Duration> {
-        /// Buffers in flight: one being written, one read ahead, one being read.
-        const BUFFERS: usize = 3;
+        /// Buffers in flight, as many as the page server's (snapshot/src/criu/pageserver.rs).
+        const BUFFERS: usize = 4;
         let t0 = Instant::now();
         let mut f = std::fs::File::open(&self.raw)
             .with_context(|| format!("opening {}", self.raw.display()))?;

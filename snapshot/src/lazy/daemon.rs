@@ -26,6 +26,7 @@ use rayon::prelude::*;
 
 use super::uffd::{self, Copied, Event};
 use super::{LazyPlan, PageSource};
+use crate::store::writer::is_zero;
 use crate::{Error, Result};
 
 /// The end-of-restore marker CRIU sends in place of a pid.
@@ -475,7 +476,7 @@ impl<S: PageSource> State<S> {
                 let r = source
                     .read(&object, s, data)
                     .map_err(|err| lazy_err(format!("{object} at {s:#x}: {err}")));
-                let zero = r.is_ok() && data.iter().fold(0u8, |a, &b| a | b) == 0;
+                let zero = r.is_ok() && is_zero(data);
                 let r = r.and_then(|()| {
                     if zero {
                         uffd::zeropage(fd, s, e - s)
@@ -502,7 +503,7 @@ impl<S: PageSource> State<S> {
         let off = usize::try_from(start - base).unwrap_or(0);
         let len = usize::try_from(end - start).unwrap_or(0);
         let data = &self.buf[off..off + len];
-        let zero = data.iter().fold(0u8, |a, &b| a | b) == 0;
+        let zero = is_zero(data);
         let fd = &self.tasks[i].uffd;
         let r = if zero {
             uffd::zeropage(fd, start, end - start)

@@ -133,10 +133,14 @@ impl ObjectWriter<'_> {
     }
 }
 
-fn is_zero(b: &[u8]) -> bool {
-    // A fold without early exit vectorizes; pages are small enough that exiting early buys
-    // nothing on mostly non-zero memory.
-    b.iter().fold(0u8, |a, &x| a | x) == 0
+/// Whether `b` is all zero bytes. Each 64-byte block is ORed together (vectorized) and the
+/// scan stops at the first block with a bit set: non-zero memory costs one block, and only
+/// zero pages are read whole. (A fold over the whole page without the early exit took 4–5% of
+/// a store write, every page read to its end.)
+pub(crate) fn is_zero(b: &[u8]) -> bool {
+    let mut blocks = b.chunks_exact(64);
+    blocks.all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
+        && blocks.remainder().iter().all(|&x| x == 0)
 }
 
 impl Writer {
@@ -523,4 +527,22 @@ fn known_chunks(store: &Store) -> Result<(HashMap<ChunkDigest, u32>, Vec<String>
         }
     }
     Ok((known, names))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_zero;
+
+    #[test]
+    fn a_set_byte_anywhere_is_not_zero() {
+        for len in [0, 1, 63, 64, 65, 4095, 4096, 4097] {
+            let mut b = vec![0u8; len];
+            assert!(is_zero(&b), "{len} zeros");
+            for at in 0..len {
+                b[at] = 0x80;
+                assert!(!is_zero(&b), "byte {at} of {len}");
+                b[at] = 0;
+            }
+        }
+    }
 }
