@@ -424,4 +424,48 @@ fn delete_removes_what_a_killed_create_or_restore_left_and_frees_the_id() {
     let (dir2, kept2) = aborted(&id2);
     env.ok(&["delete", "--force", &id2]);
     assert!(!dir2.exists() && !mounted(&kept2));
+
+    // A create killed for real while its createRuntime hook runs: its cgroup exists (the
+    // container's init in it, until it sees its parent gone), state.json does not. delete
+    // removes both.
+    let hook_pid = env.dir.path().join("hook.pid");
+    let mut c = base_config(&["sleep", "100"]);
+    let cg = cgroup_path("aborted");
+    c["linux"]["cgroupsPath"] = json!(cg);
+    c["hooks"] = json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c",
+        format!("echo $$ > {}.tmp; mv {0}.tmp {0}; exec sleep 1000", hook_pid.display())]}]});
+    let b = env.bundle("k", &c);
+    let id3 = env.id("k");
+    let mut create = env
+        .cmd()
+        .args(["create", "--bundle", b.to_str().unwrap(), &id3])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !hook_pid.exists() {
+        assert!(std::time::Instant::now() < deadline, "the hook never ran");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    create.kill().unwrap();
+    create.wait().unwrap();
+    let hook: i32 = std::fs::read_to_string(&hook_pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) of the hook's sleep, which this test started.
+    unsafe { libc::kill(hook, libc::SIGKILL) };
+    let cg_dir = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .map(|h| std::path::PathBuf::from(format!("{h}{cg}")))
+        .find(|p| p.exists())
+        .expect("the killed create's cgroup");
+    let dir3 = env.root.join(&id3);
+    assert!(dir3.exists() && !dir3.join("state.json").exists());
+    let o = env.cryo(&["delete", &id3]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+    assert!(!dir3.exists(), "state directory left");
+    assert!(!cg_dir.exists(), "cgroup left: {}", cg_dir.display());
 }

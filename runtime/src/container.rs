@@ -148,6 +148,25 @@ pub(crate) fn prepare_cgroup(cgroup: &dyn CgroupManager, spec: &Spec) -> Result<
     Ok(())
 }
 
+/// SIGKILLs every process in `cg` until none is left (5 s at most), then removes it.
+fn kill_all_and_destroy(cg: &dyn CgroupManager) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pids = cg.pids().unwrap_or_default();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(cg.destroy()?)
+}
+
 pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     // runc writes the pid file atomically: containerd reads it as soon as create returns.
     let tmp = path.with_extension("cryo-tmp");
@@ -454,6 +473,7 @@ impl Runtime {
         };
 
         let cgroup = spec_cgroup(&spec, &id)?;
+        dir.save_cgroup(&cgroup.state())?;
         let cleanup_cg = |cg: &dyn CgroupManager| {
             let _ = cg.destroy();
         };
@@ -677,11 +697,18 @@ impl Runtime {
             // for a restore, mounts below it): no container exists, and nothing else would
             // ever remove it or free the id. As runc does, remove it and say the container
             // does not exist. The directory's lock, held here, proves its creator is gone.
+            // The cgroup it made goes too, with whatever runs in it (the init of a create,
+            // the tasks of a restore whose CRIU went on).
             Err(Error::NotFound(_)) => {
                 tracing::debug!(
                     id,
                     "removing the state directory of an aborted create or restore"
                 );
+                if let Some(cg) = dir.load_cgroup()? {
+                    let cg = cgroups::from_state(&cg)?;
+                    let _ = cg.freeze(FreezerState::Thawed);
+                    kill_all_and_destroy(cg.as_ref())?;
+                }
                 dir.remove()?;
                 return Err(Error::NotFound(id.to_string()));
             }
@@ -724,21 +751,7 @@ impl Runtime {
         }
         // Without a pid namespace, processes can outlive the init: kill what is left.
         if let Some(cg) = &cg {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                let pids = cg.pids().unwrap_or_default();
-                if pids.is_empty() {
-                    break;
-                }
-                for pid in pids {
-                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-                if Instant::now() > deadline {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            cg.destroy()?;
+            kill_all_and_destroy(cg.as_ref())?;
         }
         if let Some(h) = st
             .config

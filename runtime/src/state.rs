@@ -24,6 +24,8 @@ pub const DEFAULT_ROOT: &str = "/run/cryo";
 /// Name of the fifo the container init blocks on until `start`.
 pub const EXEC_FIFO: &str = "exec.fifo";
 const STATE_FILE: &str = "state.json";
+/// The cgroup a create or restore made, recorded before it is made (see `save_cgroup`).
+const CGROUP_FILE: &str = "cgroup.json";
 
 /// The OCI version cryo reports in `state`.
 pub const OCI_VERSION: &str = "1.2.0";
@@ -260,6 +262,34 @@ impl StateDir {
             path: p,
             msg: e.to_string(),
         })
+    }
+
+    /// Records the cgroup a create or restore is about to make, before it makes it: if the
+    /// command is killed before state.json exists, `delete` finds what to remove there.
+    pub fn save_cgroup(&self, cgroup: &CgroupState) -> Result<()> {
+        let p = self.path.join(CGROUP_FILE);
+        let bytes = serde_json::to_vec(cgroup).map_err(|e| Error::State {
+            id: self.id.clone(),
+            path: p.clone(),
+            msg: e.to_string(),
+        })?;
+        fs::write(&p, bytes).io_ctx(&p)
+    }
+
+    /// The cgroup recorded by [`StateDir::save_cgroup`], if any.
+    pub fn load_cgroup(&self) -> Result<Option<CgroupState>> {
+        let p = self.path.join(CGROUP_FILE);
+        match fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| Error::State {
+                    id: self.id.clone(),
+                    path: p,
+                    msg: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&p, e)),
+        }
     }
 
     /// Writes state.json atomically (temp file + rename).

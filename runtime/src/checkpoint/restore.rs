@@ -319,6 +319,7 @@ impl Runtime {
         };
         let (bundle, spec, rootfs) = crate::container::open_bundle(&opts.bundle)?;
         let cgroup = crate::container::spec_cgroup(&spec, &id)?;
+        dir.save_cgroup(&cgroup.state())?;
         // A snapshot from the store is written out as CRIU images in the state directory
         // (tmpfs under /run), every chunk verified before any process is created; the
         // reader's lease pins the snapshot against `gc` meanwhile. The lazy-pages server
