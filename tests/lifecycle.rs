@@ -464,8 +464,35 @@ fn delete_removes_what_a_killed_create_or_restore_left_and_frees_the_id() {
         .expect("the killed create's cgroup");
     let dir3 = env.root.join(&id3);
     assert!(dir3.exists() && !dir3.join("state.json").exists());
+    // A process left in that cgroup (a restore whose CRIU went on leaves the tree there):
+    // moved into it in every hierarchy that has it.
+    let mut stray = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap() {
+        let procs = h
+            .unwrap()
+            .path()
+            .join(cg.trim_start_matches('/'))
+            .join("cgroup.procs");
+        if procs.exists() {
+            std::fs::write(&procs, stray.id().to_string()).unwrap();
+        }
+    }
+    let unified = std::path::Path::new("/sys/fs/cgroup").join(cg.trim_start_matches('/'));
+    if unified.join("cgroup.procs").exists() {
+        std::fs::write(unified.join("cgroup.procs"), stray.id().to_string()).unwrap();
+    }
     let o = env.cryo(&["delete", &id3]);
+    assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
     assert!(!dir3.exists(), "state directory left");
     assert!(!cg_dir.exists(), "cgroup left: {}", cg_dir.display());
+    let st = stray.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGKILL),
+        "the stray process was killed"
+    );
 }

@@ -148,6 +148,17 @@ pub(crate) fn prepare_cgroup(cgroup: &dyn CgroupManager, spec: &Spec) -> Result<
     Ok(())
 }
 
+/// Records the cgroup a create or restore has just made in its state directory, if no
+/// process is in it yet: what `delete` removes, with whatever runs in it, when the command is
+/// killed before state.json exists. A `cgroupsPath` naming a cgroup that others already use
+/// is not recorded, and left alone.
+pub(crate) fn record_cgroup(dir: &StateDir, cgroup: &dyn CgroupManager) -> Result<()> {
+    if cgroup.pids().is_ok_and(|p| p.is_empty()) {
+        dir.save_cgroup(&cgroup.state())?;
+    }
+    Ok(())
+}
+
 /// SIGKILLs every process in `cg` until none is left (5 s at most), then removes it.
 fn kill_all_and_destroy(cg: &dyn CgroupManager) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -473,11 +484,12 @@ impl Runtime {
         };
 
         let cgroup = spec_cgroup(&spec, &id)?;
-        dir.save_cgroup(&cgroup.state())?;
         let cleanup_cg = |cg: &dyn CgroupManager| {
             let _ = cg.destroy();
         };
-        if let Err(e) = prepare_cgroup(cgroup.as_ref(), &spec) {
+        if let Err(e) = prepare_cgroup(cgroup.as_ref(), &spec)
+            .and_then(|()| record_cgroup(dir, cgroup.as_ref()))
+        {
             cleanup_cg(cgroup.as_ref());
             return Err(e);
         }
@@ -704,10 +716,18 @@ impl Runtime {
                     id,
                     "removing the state directory of an aborted create or restore"
                 );
-                if let Some(cg) = dir.load_cgroup()? {
-                    let cg = cgroups::from_state(&cg)?;
-                    let _ = cg.freeze(FreezerState::Thawed);
-                    kill_all_and_destroy(cg.as_ref())?;
+                // A record that cannot be read (a kill mid-write) leaves the cgroup, not
+                // the id taken.
+                match dir
+                    .load_cgroup()
+                    .and_then(|c| c.map(|c| Ok(cgroups::from_state(&c)?)).transpose())
+                {
+                    Ok(Some(cg)) => {
+                        let _ = cg.freeze(FreezerState::Thawed);
+                        kill_all_and_destroy(cg.as_ref())?;
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(id, "not removing the cgroup: {e}"),
                 }
                 dir.remove()?;
                 return Err(Error::NotFound(id.to_string()));

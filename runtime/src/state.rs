@@ -24,7 +24,7 @@ pub const DEFAULT_ROOT: &str = "/run/cryo";
 /// Name of the fifo the container init blocks on until `start`.
 pub const EXEC_FIFO: &str = "exec.fifo";
 const STATE_FILE: &str = "state.json";
-/// The cgroup a create or restore made, recorded before it is made (see `save_cgroup`).
+/// The cgroup a create or restore made, recorded as soon as it is (see `save_cgroup`).
 const CGROUP_FILE: &str = "cgroup.json";
 
 /// The OCI version cryo reports in `state`.
@@ -171,7 +171,13 @@ fn lock_dir(path: &Path) -> Result<OwnedFd> {
 
 impl StateDir {
     /// Creates the state dir of a new container; fails with `Exists` if the id is taken.
+    ///
+    /// The directory is born locked: made under a private name, locked, then renamed to the
+    /// id (`RENAME_NOREPLACE`). No other command ever finds the id's directory unlocked
+    /// without state.json unless its creator is gone, which is what `delete` relies on to
+    /// remove what a killed create or restore left.
     pub fn create(root: &Path, id: &str) -> Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         validate_id(id)?;
         fs::DirBuilder::new()
             .recursive(true)
@@ -179,47 +185,80 @@ impl StateDir {
             .create(root)
             .io_ctx(root)?;
         let path = root.join(id);
-        match fs::DirBuilder::new().mode(0o711).create(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::Exists(id.to_string()))
-            }
-            Err(e) => return Err(Error::io(&path, e)),
+        if path.exists() {
+            return Err(Error::Exists(id.to_string()));
         }
-        let lock = lock_dir(&path)?;
-        Ok(StateDir {
-            id: id.to_string(),
-            path,
-            _lock: Some(lock),
-        })
+        let tmp = loop {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = root.join(format!(".new-{}-{n}", std::process::id()));
+            match fs::DirBuilder::new().mode(0o711).create(&tmp) {
+                Ok(()) => break tmp,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io(&tmp, e)),
+            }
+        };
+        let placed = lock_dir(&tmp).and_then(|lock| {
+            nix::fcntl::renameat2(
+                None,
+                &tmp,
+                None,
+                &path,
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            )
+            .map(|()| lock)
+            .map_err(|e| match e {
+                nix::errno::Errno::EEXIST => Error::Exists(id.to_string()),
+                e => Error::io(&path, e.into()),
+            })
+        });
+        match placed {
+            Ok(lock) => Ok(StateDir {
+                id: id.to_string(),
+                path,
+                _lock: Some(lock),
+            }),
+            Err(e) => {
+                let _ = fs::remove_dir(&tmp);
+                Err(e)
+            }
+        }
     }
 
-    /// Opens and locks the state dir of an existing container.
+    /// Opens and locks the state dir of an existing container. The lock is taken on the
+    /// directory the id names when it is granted: one removed while this waited (a delete)
+    /// and perhaps made again (a create) is not mistaken for the current one.
     pub fn open(root: &Path, id: &str) -> Result<Self> {
         validate_id(id).map_err(|_| Error::NotFound(id.to_string()))?;
         let path = root.join(id);
-        let lock = match lock_dir(&path) {
-            Ok(l) => l,
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(id.to_string()))
+        loop {
+            let lock = match lock_dir(&path) {
+                Ok(l) => l,
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::NotFound(id.to_string()))
+                }
+                Err(e) => return Err(e),
+            };
+            let locked = nix::sys::stat::fstat(lock.as_raw_fd())
+                .sys_ctx(|| format!("stat {}", path.display()))?;
+            match nix::sys::stat::stat(&path) {
+                Ok(now) if (now.st_dev, now.st_ino) == (locked.st_dev, locked.st_ino) => {
+                    return Ok(StateDir {
+                        id: id.to_string(),
+                        path,
+                        _lock: Some(lock),
+                    })
+                }
+                // Replaced while this waited: lock the one there now.
+                Ok(_) => continue,
+                Err(_) => return Err(Error::NotFound(id.to_string())),
             }
-            Err(e) => return Err(e),
-        };
-        // A concurrent delete may have removed the dir while we waited for the lock.
-        if !path.join(STATE_FILE).exists() && !path.exists() {
-            return Err(Error::NotFound(id.to_string()));
         }
-        Ok(StateDir {
-            id: id.to_string(),
-            path,
-            _lock: Some(lock),
-        })
     }
 
     /// The state dir of an existing container, not locked: for reading its state while
     /// another command holds the lock (a checkpoint, which may last as long as a lazy
     /// migration). state.json is replaced by rename, so what is read is whole.
-    pub fn unlocked(root: &Path, id: &str) -> Result<Self> {
+    pub(crate) fn unlocked(root: &Path, id: &str) -> Result<Self> {
         validate_id(id).map_err(|_| Error::NotFound(id.to_string()))?;
         let path = root.join(id);
         if !path.join(STATE_FILE).exists() {
@@ -264,16 +303,18 @@ impl StateDir {
         })
     }
 
-    /// Records the cgroup a create or restore is about to make, before it makes it: if the
-    /// command is killed before state.json exists, `delete` finds what to remove there.
+    /// Records the cgroup a create or restore made (`record_cgroup` says when): if the command
+    /// is killed before state.json exists, `delete` finds what to remove there.
     pub fn save_cgroup(&self, cgroup: &CgroupState) -> Result<()> {
         let p = self.path.join(CGROUP_FILE);
+        let tmp = self.path.join(".cgroup.json.tmp");
         let bytes = serde_json::to_vec(cgroup).map_err(|e| Error::State {
             id: self.id.clone(),
             path: p.clone(),
             msg: e.to_string(),
         })?;
-        fs::write(&p, bytes).io_ctx(&p)
+        fs::write(&tmp, bytes).io_ctx(&tmp)?;
+        fs::rename(&tmp, &p).io_ctx(&p)
     }
 
     /// The cgroup recorded by [`StateDir::save_cgroup`], if any.
@@ -424,6 +465,12 @@ mod tests {
             StateDir::create(root.path(), "x"),
             Err(Error::Exists(_))
         ));
+        // Made under a private name and renamed: a refused create leaves nothing.
+        let names: Vec<_> = fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["x"]);
         assert!(matches!(
             StateDir::open(root.path(), "y"),
             Err(Error::NotFound(_))

@@ -319,7 +319,6 @@ impl Runtime {
         };
         let (bundle, spec, rootfs) = crate::container::open_bundle(&opts.bundle)?;
         let cgroup = crate::container::spec_cgroup(&spec, &id)?;
-        dir.save_cgroup(&cgroup.state())?;
         // A snapshot from the store is written out as CRIU images in the state directory
         // (tmpfs under /run), every chunk verified before any process is created; the
         // reader's lease pins the snapshot against `gc` meanwhile. The lazy-pages server
@@ -530,6 +529,7 @@ impl Runtime {
         cgroup: &dyn CgroupManager,
     ) -> Result<i32> {
         crate::container::prepare_cgroup(cgroup, spec)?;
+        crate::container::record_cgroup(dir, cgroup)?;
         tracing::debug!("restore: cgroups prepared");
 
         // CRIU wants the root to be a mount point whose parent is not overmounted.
