@@ -431,6 +431,26 @@ fn listen_fds() -> i32 {
         .unwrap_or(0)
 }
 
+/// runc's `--status-fd N`: descriptor N of this process, checked to be open for writing, as a
+/// close-on-exec copy (CRIU does not inherit it). N itself is closed unless it is stdio, so
+/// that the copy, closed when the checkpoint ends, is the last one.
+fn status_fd_of(fd: i32) -> Result<std::sync::Arc<std::os::fd::OwnedFd>> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let err = |e: nix::Error| anyhow::anyhow!("checkpoint: --status-fd {fd}: {e}");
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(err)?;
+    if OFlag::from_bits_truncate(flags) & OFlag::O_ACCMODE == OFlag::O_RDONLY {
+        bail!("checkpoint: --status-fd {fd} is open for reading only");
+    }
+    let copy = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(3)).map_err(err)?;
+    if fd > 2 {
+        let _ = nix::unistd::close(fd);
+    }
+    // SAFETY: `copy` was just made by F_DUPFD_CLOEXEC; nothing else owns it.
+    Ok(std::sync::Arc::new(unsafe {
+        std::os::fd::FromRawFd::from_raw_fd(copy)
+    }))
+}
+
 fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
@@ -505,12 +525,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
                      page tracking)"
                 );
             }
-            if let Some(fd) = *status_fd {
-                // SAFETY: F_GETFD only asks whether `fd` is open.
-                if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-                    bail!("checkpoint: --status-fd {fd} is not an open descriptor");
-                }
-            }
+            let status_fd = status_fd.map(status_fd_of).transpose()?;
             let mut flags = criu.flags(cli.criu.as_deref())?;
             flags.gpu = gpu.options();
             let report = rt.checkpoint(
@@ -524,7 +539,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
                     compression: *compression,
                     lazy_pages: *lazy_pages,
                     page_server: page_server.clone(),
-                    status_fd: *status_fd,
+                    status_fd,
                     flags,
                 },
             )?;

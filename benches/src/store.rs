@@ -231,7 +231,9 @@ impl Bench<'_> {
                 let _ = free_tx.send(buf);
                 Ok(())
             });
+            // The reader may wait for a free buffer: without a writer, none comes.
             drop(full_rx);
+            drop(free_tx);
             let read = reader
                 .join()
                 .map_err(|_| anyhow::anyhow!("the image reader panicked"))?;

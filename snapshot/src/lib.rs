@@ -32,4 +32,4 @@ pub use store::manifest::{ObjectKind, PAGE_SIZE};
 pub use store::reader::{PageKind, Reader, VerifyReport};
 pub use store::workingset::PageRef;
 pub use store::writer::{ObjectWriter, WriteStats, Writer, WriterOptions};
-pub use store::{Pin, Store};
+pub use store::{SnapshotPin, Store};

@@ -25,7 +25,7 @@ use super::tmpfs;
 use super::{
     absolute, base_opts, criu_err, image_dir, mkdir_0700, open_store, open_work_dir, write_json,
     CheckpointOptions, ImageMeta, MaskedDir, DESCRIPTORS_FILE, META_FILE, META_VERSION,
-    META_VERSION_MIN,
+    META_VERSION_KEPT_TMPFS, META_VERSION_MIN,
 };
 
 /// Moves `staging` to `target`, replacing an older image there only now that the new one is
@@ -65,17 +65,21 @@ struct PublishAtPostDump<'a> {
     publish: &'a mut dyn FnMut() -> Result<()>,
     published: bool,
     error: Option<Error>,
-    status_fd: Option<std::os::fd::RawFd>,
+    status_fd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 impl Notify for PublishAtPostDump<'_> {
     fn notify(&mut self, n: Notification<'_>) -> std::result::Result<(), String> {
         if n.script == "status-ready" {
+            // CRIU serves the pages even when post-dump failed: refusing here makes it stop
+            // and thaw the tree instead of waiting, frozen, for a migration whose images
+            // were never published.
+            if !self.published {
+                return Err("the images were not published: not serving their pages".into());
+            }
             if let Some(fd) = self.status_fd.take() {
-                // SAFETY: the caller lends `fd` for the checkpoint; it is only written to.
-                let file = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                nix::unistd::write(file, &[0u8])
-                    .map_err(|e| format!("writing to the status fd {fd}: {e}"))?;
+                nix::unistd::write(fd.as_ref(), &[0u8])
+                    .map_err(|e| format!("writing to the status fd: {e}"))?;
             }
             return Ok(());
         }
@@ -106,18 +110,13 @@ const CRIU_LAZY_PIPE_BYTES: i32 = 4 << 20;
 /// with the rights CRIU inherits, before anything is frozen.
 fn lazy_page_server_pipes() -> Result<()> {
     let (r, _w) = nix::unistd::pipe().map_err(|e| Error::Other(format!("pipe: {e}")))?;
-    // SAFETY: F_SETPIPE_SZ on a pipe this function owns.
-    let set = unsafe {
-        libc::fcntl(
-            std::os::fd::AsRawFd::as_raw_fd(&r),
-            libc::F_SETPIPE_SZ,
-            CRIU_LAZY_PIPE_BYTES,
-        )
-    };
-    if set >= 0 {
+    let set = nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&r),
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(CRIU_LAZY_PIPE_BYTES),
+    );
+    let Err(err) = set else {
         return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
+    };
     let max = fs::read_to_string("/proc/sys/fs/pipe-max-size").unwrap_or_default();
     Err(Error::Other(format!(
         "checkpoint --lazy-pages: CRIU's lazy page server needs pipes of \
@@ -306,7 +305,7 @@ impl Runtime {
             publish: &mut save_then_publish,
             published: false,
             error: None,
-            status_fd: opts.status_fd,
+            status_fd: opts.status_fd.clone(),
         };
         let t0 = std::time::Instant::now();
         let r = config.and_then(|config| {
@@ -396,11 +395,15 @@ impl Runtime {
                     .as_ref()
                     .is_some_and(|cg| in_own_cgroups(text, cg))
             });
+        // The oldest version that says all of it: readers that do not know a field must not
+        // restore images that depend on it.
         let meta = ImageMeta {
-            version: if kept_tmpfs.is_empty() {
+            version: if opts.lazy_pages {
+                META_VERSION
+            } else if kept_tmpfs.is_empty() {
                 META_VERSION_MIN
             } else {
-                META_VERSION
+                META_VERSION_KEPT_TMPFS
             },
             id: st.id.clone(),
             criu: criu.version().to_string(),

@@ -32,9 +32,12 @@ use crate::error::{Error, IoContext, Result};
 pub const META_FILE: &str = "cryo.json";
 /// runc's list of the init's stdio paths, kept for tools that read it.
 pub const DESCRIPTORS_FILE: &str = "descriptors.json";
-/// `cryo.json`'s version: 2 when it names kept tmpfs mounts (cryo 0.1 before them reads only
-/// version 1, and would hand CRIU external mounts it cannot map), else 1.
-const META_VERSION: u32 = 2;
+/// `cryo.json`'s newest version, 3: written when the images are a lazy migration's, without
+/// their memory (a cryo that reads at most version 2 would hand CRIU images without pages).
+const META_VERSION: u32 = 3;
+/// Version 2: the images name kept tmpfs mounts (a cryo from before them reads only version 1,
+/// and would hand CRIU external mounts it cannot map). Images that need neither are version 1.
+const META_VERSION_KEPT_TMPFS: u32 = 2;
 /// The oldest `cryo.json` version this build reads.
 const META_VERSION_MIN: u32 = 1;
 
@@ -148,18 +151,20 @@ pub struct CheckpointOptions {
     /// `criu page-server` listening there instead of writing them into `image_path`; with it,
     /// CRIU listens on its port (every address) for the lazy-pages daemon.
     pub page_server: Option<PageServerAddr>,
-    /// runc's `--status-fd`: a descriptor of this process that gets one zero byte once the
-    /// lazy-pages server listens (the images are published by then).
-    pub status_fd: Option<std::os::fd::RawFd>,
+    /// runc's `--status-fd`: a descriptor that gets one zero byte once the lazy-pages server
+    /// listens (the images are published by then). Written once; the checkpoint's clone of
+    /// it is dropped then.
+    pub status_fd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
     /// The shared switches.
     pub flags: CriuFlags,
 }
 
-/// A page server's `ADDRESS:PORT` (runc's `--page-server`); the address may be an IPv6
-/// address in brackets.
+/// A page server's `ADDRESS:PORT` (runc's `--page-server`): a host name or IPv4 address, or
+/// an IPv6 address in brackets (`[::1]:27`), and a port from 1 to 65535.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageServerAddr {
-    /// Host name or address.
+    /// Host name or address, without brackets. CRIU connects to it without `lazy_pages`; with
+    /// them it listens on the port of every IPv4 address and ignores this.
     pub address: String,
     /// TCP port.
     pub port: u16,
@@ -171,22 +176,38 @@ impl std::str::FromStr for PageServerAddr {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let bad = |why: &str| format!("page server {s:?}: {why} (expected ADDRESS:PORT)");
         let (address, port) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
-        let address = address
-            .strip_prefix('[')
-            .and_then(|a| a.strip_suffix(']'))
-            .unwrap_or(address);
-        if address.is_empty() {
-            return Err(bad("no address"));
+        let address = match address.strip_prefix('[') {
+            Some(rest) => rest
+                .strip_suffix(']')
+                .filter(|a| !a.contains(['[', ']']))
+                .ok_or_else(|| bad("an unclosed '['"))?,
+            None if address.contains(':') => {
+                return Err(bad("an IPv6 address goes in brackets, as [::1]:27"))
+            }
+            None => address,
+        };
+        if address.is_empty() || address.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(bad("no valid address"));
         }
-        let port = port
-            .parse::<u16>()
-            .ok()
+        let port = Some(port)
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<u16>().ok())
             .filter(|&p| p != 0)
             .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?;
         Ok(PageServerAddr {
             address: address.to_string(),
             port,
         })
+    }
+}
+
+impl std::fmt::Display for PageServerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.address.contains(':') {
+            write!(f, "[{}]:{}", self.address, self.port)
+        } else {
+            write!(f, "{}:{}", self.address, self.port)
+        }
     }
 }
 
@@ -440,5 +461,45 @@ mod tests {
             Some("file[1b:9]")
         );
         assert_eq!(d("/dev/null", None).inherit_key(), None);
+    }
+}
+
+#[cfg(test)]
+mod page_server_addr_tests {
+    use super::PageServerAddr;
+
+    #[test]
+    fn addresses_parse_as_runc_takes_them_and_print_back() {
+        for (s, addr, port) in [
+            ("127.0.0.1:27", "127.0.0.1", 27),
+            ("0.0.0.0:65535", "0.0.0.0", 65535),
+            ("node-b.example:1", "node-b.example", 1),
+            ("[::1]:27277", "::1", 27277),
+            ("[fe80::1%eth0]:80", "fe80::1%eth0", 80),
+        ] {
+            let p: PageServerAddr = s.parse().unwrap();
+            assert_eq!((p.address.as_str(), p.port), (addr, port), "{s}");
+            assert_eq!(p.to_string(), s);
+        }
+    }
+
+    #[test]
+    fn bad_addresses_say_what_is_wrong() {
+        for (s, why) in [
+            ("127.0.0.1", "no port"),
+            (":27", "no valid address"),
+            ("[]:27", "no valid address"),
+            ("a b:27", "no valid address"),
+            ("[::1:80", "unclosed"),
+            ("[::1]]:80", "unclosed"),
+            ("fe80::1:8080", "brackets"),
+            ("host:", "port"),
+            ("host:0", "port"),
+            ("host:+80", "port"),
+            ("host:65536", "port"),
+        ] {
+            let e = s.parse::<PageServerAddr>().unwrap_err();
+            assert!(e.contains(why) && e.contains(s), "{s}: {e}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! for as long as the reader lives. The kernel drops the lock when the owner dies, so `gc` tells
 //! a live lease (lock held elsewhere) from the debris of a killed one (lock free) without
 //! trusting pids. Leases are created while the store lock is held shared and inspected while it
-//! is held exclusively, so a lease never appears half-made to `gc`. [`Pin`] is the public face
+//! is held exclusively, so a lease never appears half-made to `gc`. [`SnapshotPin`] is the public face
 //! of a lease: a snapshot resolved and pinned in one step.
 
 use std::fs::{self, File};
@@ -45,19 +45,19 @@ impl Drop for Lease {
 /// ([`Store::pin`]): what a caller holds between naming a snapshot and opening it, for
 /// example while it hands the ID to another process that opens it too.
 #[derive(Debug)]
-pub struct Pin {
+pub struct SnapshotPin {
     id: SnapshotId,
     _lease: Lease,
 }
 
-impl Pin {
+impl SnapshotPin {
     /// Resolves `reference` and pins what it names, under the store lock (shared), so that
     /// `gc` cannot remove the snapshot between the two.
-    pub(crate) fn take(store: &Store, reference: &str) -> Result<Pin> {
+    pub(crate) fn take(store: &Store, reference: &str) -> Result<SnapshotPin> {
         let _lock = lock_file(&store.lock_path(), LockMode::Shared)?;
         let id = store.resolve(reference)?;
         let lease = Lease::take(store, &id)?;
-        Ok(Pin { id, _lease: lease })
+        Ok(SnapshotPin { id, _lease: lease })
     }
 
     /// The pinned snapshot's ID.

@@ -24,7 +24,7 @@ mod files;
 pub mod gc;
 pub mod inspect;
 mod lease;
-pub use lease::Pin;
+pub use lease::SnapshotPin;
 pub mod manifest;
 pub mod pack;
 pub mod reader;
@@ -353,10 +353,10 @@ impl Store {
     }
 
     /// Resolves `reference` and pins the snapshot it names against `gc` and `rm` until the
-    /// returned [`Pin`] is dropped; what a caller holds while the ID is in other hands (a
+    /// returned [`SnapshotPin`] is dropped; what a caller holds while the ID is in other hands (a
     /// restore handing it to its lazy-pages server) before a [`Store::reader`] pins it too.
-    pub fn pin(&self, reference: &str) -> Result<Pin> {
-        Pin::take(self, reference)
+    pub fn pin(&self, reference: &str) -> Result<SnapshotPin> {
+        SnapshotPin::take(self, reference)
     }
 
     /// Opens a snapshot for reading by reference; the reader pins it against gc and rm.

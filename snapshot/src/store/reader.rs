@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::store::chunk::ChunkCtx;
 use crate::store::digest::{ChunkDigest, SnapshotId};
-use crate::store::lease::Pin;
+use crate::store::lease::SnapshotPin;
 use crate::store::manifest::{Extent, Manifest, ObjectKind, ObjectMeta, PAGE_SIZE};
 use crate::store::pack::{self, Pack};
 use crate::store::workingset::{self, PageRef};
@@ -80,7 +80,7 @@ pub struct Reader {
     /// The packs the manifest names, open, with their verified indexes.
     packs: Vec<Pack>,
     cache: Mutex<ChunkCache>,
-    _pin: Pin,
+    _pin: SnapshotPin,
 }
 
 impl Reader {
@@ -88,7 +88,7 @@ impl Reader {
     pub(crate) fn open(store: Store, reference: &str) -> Result<Reader> {
         // Pinned first (resolved and leased under the store lock): gc cannot remove the
         // snapshot, nor the packs it names, while its manifest and packs are opened.
-        let pin = Pin::take(&store, reference)?;
+        let pin = SnapshotPin::take(&store, reference)?;
         let id = *pin.id();
         let manifest = store.load_manifest(&id)?;
         let packs = pack::open_all(&store.packs_dir(), &manifest.meta.packs);
