@@ -150,8 +150,8 @@ pub fn validate_id(id: &str) -> Result<()> {
     }
 }
 
-/// A container's directory under the state root, locked for the lifetime of this value (but
-/// for one from [`StateDir::unlocked`]).
+/// A container's directory under the state root, locked for the lifetime of this value
+/// (except one opened only to read the state, without the lock).
 #[derive(Debug)]
 pub struct StateDir {
     id: String,

@@ -14,7 +14,7 @@
 //! the container's pid namespace, which CRIU restores as they were).
 //!
 //! CRIU's own cuda plugin would take the same steps by spawning `cuda-checkpoint`: where it is
-//! installed, CRIU is pointed at a plugin directory without it ([`plugin_config`]).
+//! installed, CRIU is pointed at a plugin directory without it (`plugin_config`).
 //!
 //! Settings travel in [`crate::CriuFlags::gpu`]: the CLI fills them from its flags over the
 //! environment's ([`GpuOptions::from_env`]), the shim from the environment.

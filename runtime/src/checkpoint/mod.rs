@@ -117,7 +117,7 @@ pub struct CriuFlags {
     pub cgroups_mode: Option<CgroupsMode>,
     /// `--empty-ns`: CLONE_NEW* bits of namespaces CRIU neither dumps nor restores.
     pub empty_ns: u32,
-    /// The CRIU binary (default: see [`Criu::locate`]).
+    /// The CRIU binary (default: see [`cryo_snapshot::criu::Criu::locate`]).
     pub criu: Option<PathBuf>,
     /// How the CUDA processes of the container are checkpointed and restored (the driver
     /// library, the lock timeout); unused for containers without any.
