@@ -1228,6 +1228,10 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Held by the tests that need `fs.pipe-max-size` raised, one at a time: one putting the old
+/// value back must not pull it from under another's CRIU.
+static PIPE_MAX_SIZE_USERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// `fs.pipe-max-size` raised for a while, put back when dropped.
 struct PipeMaxSize {
     was: String,
@@ -1299,6 +1303,39 @@ fn wait_exit(child: &mut std::process::Child, secs: u64, what: &str) -> std::pro
     }
 }
 
+/// Starts `cryo ARGS(Some(FD))` (a `checkpoint --lazy-pages`) with FD the write end of a pipe,
+/// as runc's `--status-fd`, and waits for the zero byte that says CRIU's page server listens.
+fn lazy_checkpoint(
+    env: &Env,
+    args: &dyn Fn(Option<i32>) -> Vec<String>,
+    stderr: &Path,
+) -> std::process::Child {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for the two descriptors (not close-on-exec: inherited).
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (r, w) = (fds[0], fds[1]);
+    let child = env
+        .cmd()
+        .args(args(Some(w)))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(stderr).unwrap())
+        .spawn()
+        .unwrap();
+    // SAFETY: our copies; the checkpoint has its own write end. Closed once each.
+    unsafe { libc::close(w) };
+    let ready = read_byte(r, 60);
+    // SAFETY: the read end, ours, not used after.
+    unsafe { libc::close(r) };
+    assert_eq!(
+        ready,
+        Some(0),
+        "no status byte: {}",
+        std::fs::read_to_string(stderr).unwrap_or_default()
+    );
+    child
+}
+
 #[test]
 fn lazy_migration_as_runc_does_it_with_criu_lazy_pages() {
     skip_unless_criu!();
@@ -1326,6 +1363,9 @@ fn lazy_migration_as_runc_does_it_with_criu_lazy_pages() {
     // CRIU's lazy page server needs 4 MiB pipes: where this root lacks CAP_SYS_RESOURCE
     // (containers, this CI), beyond fs.pipe-max-size it may not, and cryo refuses before
     // freezing anything. The test then raises the limit for its own duration.
+    let _serial = PIPE_MAX_SIZE_USERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let _limit = PipeMaxSize::at_least(4 << 20).inspect(|guard| {
         let o = env.cryo(&args(None).iter().map(String::as_str).collect::<Vec<_>>());
         let err = String::from_utf8_lossy(&o.stderr);
@@ -1338,32 +1378,8 @@ fn lazy_migration_as_runc_does_it_with_criu_lazy_pages() {
         guard.raise();
         println!("raised fs.pipe-max-size for CRIU's lazy page server (no CAP_SYS_RESOURCE)");
     });
-    // runc's --status-fd: a pipe whose write end (not close-on-exec) the checkpoint inherits.
-    let mut fds = [0i32; 2];
-    // SAFETY: `fds` has room for the two descriptors.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    let (r, w) = (fds[0], fds[1]);
     let ckpt_err = env.dir.path().join("checkpoint.stderr");
-    let mut ckpt = env
-        .cmd()
-        .args(args(Some(w)))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&ckpt_err).unwrap())
-        .spawn()
-        .unwrap();
-    // SAFETY: our copy of the write end; the checkpoint has its own.
-    unsafe { libc::close(w) };
-    // A zero byte once CRIU's page server listens, with the images published by then.
-    let ready = read_byte(r, 60);
-    // SAFETY: closed once, not used after.
-    unsafe { libc::close(r) };
-    assert_eq!(
-        ready,
-        Some(0),
-        "no status byte: {}",
-        std::fs::read_to_string(&ckpt_err).unwrap_or_default()
-    );
+    let mut ckpt = lazy_checkpoint(&env, &args, &ckpt_err);
     assert!(images.join("inventory.img").exists());
     assert_eq!(meta(&images)["lazy_migration"], true);
     // The memory is not in the images: a restore that does not fetch it is refused, and so
@@ -1518,4 +1534,55 @@ fn checkpoint_sends_the_pages_to_a_criu_page_server_as_runc_does() {
     std::fs::write(format!("/proc/{rpid}/root/tmp/check"), b"").unwrap();
     assert_eq!(wait_file(rpid, "/tmp/sum2"), sum, "restored memory differs");
     env.remove(&rid);
+}
+
+#[test]
+fn a_lazy_migration_nobody_takes_up_is_given_up_by_killing_its_criu_and_the_container_runs_on() {
+    skip_unless_criu!();
+    let env = Env::new("unmigrated");
+    let (id, pid) = env.detach("c", &counter_config());
+    wait_count_past(pid, 2);
+    let _serial = PIPE_MAX_SIZE_USERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let _limit = PipeMaxSize::at_least(4 << 20).inspect(PipeMaxSize::raise);
+    let images = env.dir.path().join("images");
+    let port = free_port();
+    let args = |status_fd: Option<i32>| {
+        let mut a = vec!["checkpoint".to_string(), "--lazy-pages".into()];
+        a.extend(["--page-server".into(), format!("127.0.0.1:{port}")]);
+        if let Some(fd) = status_fd {
+            a.extend(["--status-fd".into(), fd.to_string()]);
+        }
+        a.extend(["--image-path".into(), images.to_string_lossy().into_owned()]);
+        a.push(id.clone());
+        a
+    };
+    let stderr = env.dir.path().join("checkpoint.stderr");
+    let mut ckpt = lazy_checkpoint(&env, &args, &stderr);
+    // Nobody fetches the pages: the tree waits, stopped by CRIU, and `state` still answers.
+    let n = count(pid);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(count(pid), n, "the counter ran while its pages waited");
+    assert_eq!(env.status(&id), "running");
+    // Given up as with runc: the checkpoint's CRIU (its child) is killed, the kernel lets
+    // the tasks CRIU held go, and the checkpoint fails saying so.
+    let children = std::fs::read_to_string(format!("/proc/{}/task/{0}/children", ckpt.id()))
+        .unwrap_or_default();
+    let criu: Vec<i32> = children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    assert_eq!(criu.len(), 1, "the checkpoint's children: {children:?}");
+    // SAFETY: kill(2) of the checkpoint's CRIU, found above.
+    unsafe { libc::kill(criu[0], libc::SIGKILL) };
+    let st = wait_exit(&mut ckpt, 30, "the given-up checkpoint");
+    assert!(!st.success());
+    assert!(
+        std::fs::read_to_string(&stderr).unwrap().contains("criu"),
+        "the error names CRIU"
+    );
+    wait_count_past(pid, n);
+    assert_eq!(env.status(&id), "running");
+    env.remove(&id);
 }
