@@ -1382,37 +1382,21 @@ fn lazy_migration_as_runc_does_it_with_criu_lazy_pages() {
     let mut ckpt = lazy_checkpoint(&env, &args, &ckpt_err);
     assert!(images.join("inventory.img").exists());
     assert_eq!(meta(&images)["lazy_migration"], true);
+    // `restore -d [--lazy-pages] --image-path IMAGES --bundle BUNDLE ID`.
+    let restore = |lazy: bool, rid: &str| {
+        let (images, bundle) = (path(&images), path(&bundle));
+        let mut a = vec!["restore", "-d"];
+        a.extend(lazy.then_some("--lazy-pages"));
+        a.extend(["--image-path", &images, "--bundle", &bundle, rid]);
+        env.cryo(&a)
+    };
     // The memory is not in the images: a restore that does not fetch it is refused, and so
     // is a lazy one with nothing to fetch it from; neither leaves a container behind.
-    let o = env.cryo(&[
-        "restore",
-        "-d",
-        "--image-path",
-        &path(&images),
-        "--bundle",
-        &path(&bundle),
-        &env.id("x"),
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("lazy migration"),
-        "{err}"
-    );
-    let o = env.cryo(&[
-        "restore",
-        "-d",
-        "--lazy-pages",
-        "--image-path",
-        &path(&images),
-        "--bundle",
-        &path(&bundle),
-        &env.id("x"),
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("no lazy-pages daemon"),
-        "{err}"
-    );
+    for (lazy, why) in [(false, "lazy migration"), (true, "no lazy-pages daemon")] {
+        let o = restore(lazy, &env.id("x"));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(why), "{err}");
+    }
     assert!(
         env.ok(&["list", "-q"]).trim() == id,
         "only the original is left"
@@ -1440,16 +1424,8 @@ fn lazy_migration_as_runc_does_it_with_criu_lazy_pages() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let rid = env.id("r");
-    env.ok(&[
-        "restore",
-        "-d",
-        "--lazy-pages",
-        "--image-path",
-        &path(&images),
-        "--bundle",
-        &path(&bundle),
-        &rid,
-    ]);
+    let o = restore(true, &rid);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let rpid = env.state(&rid)["pid"].as_i64().unwrap();
     let n = wait_count_past(rpid, 0);
     wait_count_past(rpid, n + 2);

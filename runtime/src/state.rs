@@ -224,6 +224,19 @@ impl StateDir {
         }
     }
 
+    /// [`StateDir::create`], then `f` in it (a create or restore); the directory is removed
+    /// again when `f` fails.
+    pub fn create_with<T>(
+        root: &Path,
+        id: &str,
+        f: impl FnOnce(&StateDir) -> Result<T>,
+    ) -> Result<T> {
+        let dir = StateDir::create(root, id)?;
+        f(&dir).inspect_err(|_| {
+            let _ = dir.remove();
+        })
+    }
+
     /// Opens and locks the state dir of an existing container. The lock is taken on the
     /// directory the id names when it is granted: one removed while this waited (a delete)
     /// and perhaps made again (a create) is not mistaken for the current one.
@@ -288,56 +301,49 @@ impl StateDir {
 
     /// Reads state.json.
     pub fn load(&self) -> Result<ContainerState> {
-        let p = self.path.join(STATE_FILE);
-        let bytes = match fs::read(&p) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(self.id.clone()))
-            }
-            Err(e) => return Err(Error::io(&p, e)),
-        };
-        serde_json::from_slice(&bytes).map_err(|e| Error::State {
-            id: self.id.clone(),
-            path: p,
-            msg: e.to_string(),
-        })
+        self.read_json(STATE_FILE)?
+            .ok_or_else(|| Error::NotFound(self.id.clone()))
     }
 
     /// Records the cgroup a create or restore made (`record_cgroup` says when): if the command
     /// is killed before state.json exists, `delete` finds what to remove there.
     pub fn save_cgroup(&self, cgroup: &CgroupState) -> Result<()> {
-        let p = self.path.join(CGROUP_FILE);
-        let tmp = self.path.join(".cgroup.json.tmp");
-        let bytes = serde_json::to_vec(cgroup).map_err(|e| Error::State {
-            id: self.id.clone(),
-            path: p.clone(),
-            msg: e.to_string(),
-        })?;
-        fs::write(&tmp, bytes).io_ctx(&tmp)?;
-        fs::rename(&tmp, &p).io_ctx(&p)
+        self.write_json(CGROUP_FILE, cgroup)
     }
 
     /// The cgroup recorded by [`StateDir::save_cgroup`], if any.
     pub fn load_cgroup(&self) -> Result<Option<CgroupState>> {
-        let p = self.path.join(CGROUP_FILE);
-        match fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| Error::State {
-                    id: self.id.clone(),
-                    path: p,
-                    msg: e.to_string(),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(&p, e)),
-        }
+        self.read_json(CGROUP_FILE)
     }
 
     /// Writes state.json atomically (temp file + rename).
     pub fn save(&self, state: &ContainerState) -> Result<()> {
-        let p = self.path.join(STATE_FILE);
-        let tmp = self.path.join(".state.json.tmp");
-        let bytes = serde_json::to_vec(state).map_err(|e| Error::State {
+        self.write_json(STATE_FILE, state)
+    }
+
+    /// The JSON file `name` of this directory, `None` when there is none.
+    fn read_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        let p = self.path.join(name);
+        let bytes = match fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(&p, e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::State {
+                id: self.id.clone(),
+                path: p,
+                msg: e.to_string(),
+            })
+    }
+
+    /// Writes `value` as the JSON file `name` of this directory: mode 0600, a temp file
+    /// renamed over it, so that a reader finds the old content or the new, whole.
+    fn write_json(&self, name: &str, value: &impl Serialize) -> Result<()> {
+        let p = self.path.join(name);
+        let tmp = self.path.join(format!(".{name}.tmp"));
+        let bytes = serde_json::to_vec(value).map_err(|e| Error::State {
             id: self.id.clone(),
             path: p.clone(),
             msg: e.to_string(),

@@ -287,14 +287,7 @@ impl Runtime {
     /// `restore`: creates container `id` from the bundle's config.json with the process tree
     /// in `opts.image_path`. Returns the restored init's host pid, a child of this process.
     pub fn restore(&self, id: &str, opts: &RestoreOptions) -> Result<i32> {
-        let dir = StateDir::create(self.root(), id)?;
-        match self.restore_in(&dir, opts) {
-            Ok(pid) => Ok(pid),
-            Err(e) => {
-                let _ = dir.remove();
-                Err(e)
-            }
-        }
+        StateDir::create_with(self.root(), id, |dir| self.restore_in(dir, opts))
     }
 
     fn restore_in(&self, dir: &StateDir, opts: &RestoreOptions) -> Result<i32> {

@@ -15,6 +15,19 @@ pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     fs::rename(&tmp, path).io_ctx(path)
 }
 
+/// The connection to the console socket for a process that wants a terminal; `None` for one
+/// that does not.
+fn console_of(process: &Process, socket: Option<&Path>) -> Result<Option<OwnedFd>> {
+    if !process.terminal().unwrap_or(false) {
+        return Ok(None);
+    }
+    let path = socket.ok_or_else(|| Error::Unsupported {
+        field: "process.terminal".into(),
+        msg: "a terminal needs --console-socket".into(),
+    })?;
+    Ok(Some(crate::console::connect(path)?))
+}
+
 /// A sealed, close-on-exec memfd holding a copy of `exe` (CVE-2019-5736: the container can
 /// never write through /proc/PID/exe into the host's binary).
 fn sealed_copy(exe: &Path) -> Result<OwnedFd> {
@@ -231,14 +244,7 @@ impl Runtime {
     /// `create`: sets the container up and leaves its init waiting for `start`. Returns the
     /// init's host pid.
     pub fn create(&self, id: &str, opts: &CreateOptions) -> Result<i32> {
-        let dir = StateDir::create(&self.root, id)?;
-        match self.create_in(&dir, opts) {
-            Ok(pid) => Ok(pid),
-            Err(e) => {
-                let _ = dir.remove();
-                Err(e)
-            }
-        }
+        StateDir::create_with(&self.root, id, |dir| self.create_in(dir, opts))
     }
 
     fn create_in(&self, dir: &StateDir, opts: &CreateOptions) -> Result<i32> {
@@ -277,18 +283,7 @@ impl Runtime {
         .sys_ctx(|| format!("opening {}", fifo_path.display()))?;
         // SAFETY: open returned a new fd that we own.
         let fifo = unsafe { OwnedFd::from_raw_fd(fifo) };
-        let console = if process.terminal().unwrap_or(false) {
-            let path = opts
-                .console_socket
-                .as_ref()
-                .ok_or_else(|| Error::Unsupported {
-                    field: "process.terminal".into(),
-                    msg: "a terminal needs --console-socket".into(),
-                })?;
-            Some(crate::console::connect(path)?)
-        } else {
-            None
-        };
+        let console = console_of(&process, opts.console_socket.as_deref())?;
 
         let cgroup = spec_cgroup(&spec, &id)?;
         let cleanup_cg = |cg: &dyn CgroupManager| {
@@ -402,18 +397,7 @@ impl Runtime {
             linux.and_then(|l| l.namespaces().as_deref()).unwrap_or(&[]),
             st.pid,
         );
-        let console = if process.terminal().unwrap_or(false) {
-            let path = opts
-                .console_socket
-                .as_ref()
-                .ok_or_else(|| Error::Unsupported {
-                    field: "process.terminal".into(),
-                    msg: "a terminal needs --console-socket".into(),
-                })?;
-            Some(crate::console::connect(path)?)
-        } else {
-            None
-        };
+        let console = console_of(&process, opts.console_socket.as_deref())?;
         let inherit: Vec<RawFd> = console.iter().map(|c| c.as_raw_fd()).collect();
         let cgroup_join = match &st.cgroup {
             Some(c) => cgroups::from_state(c)?.join_files(),
