@@ -1,7 +1,7 @@
 //! Times the snapshot store against the reference CLIs on the same raw image, interleaved, in
 //! one run: write (`zstd -1 -T0`, `lz4 -1`), full read (`zstd -d`, `lz4 -d`), single random page
 //! fetch, and the cost of a second snapshot of unchanged memory. Prints median / p10 / p90 and
-//! the ratios that docs/BENCHMARKS-store.md records.
+//! the ratios that docs/BENCHMARKS.md, "Snapshot store" records.
 //!
 //! cargo run --release -p cryo-snapshot --example store_vs_cli -- \
 //!     [--size-mib 1024] [--reps 5] [--dir /dev/shm/cryo-bench] [--codec zstd1|zstd3|lz4] \

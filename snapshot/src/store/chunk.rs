@@ -82,7 +82,7 @@ pub enum CodecPolicy {
 }
 
 impl Default for CodecPolicy {
-    /// zstd level 3, chosen by measurement (docs/BENCHMARKS-store.md): per 64 KiB chunk,
+    /// zstd level 3, chosen by measurement (docs/BENCHMARKS.md, "Snapshot store"): per chunk,
     /// level 1 and lz4 write faster but their output is 1.007x and 1.08x that of
     /// `zstd -1 -T0` on the whole image; level 3 stays under it.
     fn default() -> Self {
@@ -121,6 +121,8 @@ impl std::fmt::Display for CodecPolicy {
 thread_local! {
     static ZSTD_C: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     static ZSTD_D: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    /// The record being decoded ([`read_into`]): one buffer per thread, not one per read.
+    static PAYLOAD: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Estimated entropy of `raw` in bits per byte from a spread sample, to skip compressing
@@ -143,6 +145,12 @@ fn looks_incompressible(raw: &[u8]) -> bool {
     let used = hist.iter().filter(|&&c| c > 0).count();
     let max = hist.iter().copied().max().unwrap_or(0);
     used >= 250 && max <= 48
+}
+
+/// Whether [`encode`] with `policy` will try to compress `raw` (and so whether the writer
+/// cuts it into half-size chunks): not with [`CodecPolicy::None`], not when it looks random.
+pub(crate) fn will_compress(raw: &[u8], policy: CodecPolicy) -> bool {
+    policy != CodecPolicy::None && !looks_incompressible(raw)
 }
 
 /// Whether one page looks random: two 256-byte windows each hit at least 120 distinct byte
@@ -188,12 +196,15 @@ fn zstd_compress(level: i32, raw: &[u8], out: &mut [u8]) -> Result<usize> {
 /// ```
 ///
 /// Pages are 4 KiB; the last one may be shorter.
-fn encode_mixed(raw: &[u8], level: i32) -> Result<Option<Vec<u8>>> {
+fn encode_mixed(raw: &[u8], level: i32) -> Result<Mixed> {
     let pages: Vec<&[u8]> = raw.chunks(MIXED_PAGE).collect();
     let random: Vec<bool> = pages.iter().map(|p| page_looks_random(p)).collect();
     let n_random = random.iter().filter(|&&r| r).count();
-    if n_random == 0 || n_random == pages.len() {
-        return Ok(None);
+    if n_random == 0 {
+        return Ok(Mixed::NoPageRandom);
+    }
+    if n_random == pages.len() {
+        return Ok(Mixed::EveryPageRandom);
     }
     let mut bitmap = vec![0u8; pages.len().div_ceil(8)];
     let mut plain = Vec::with_capacity(raw.len());
@@ -218,11 +229,31 @@ fn encode_mixed(raw: &[u8], level: i32) -> Result<Option<Vec<u8>>> {
             out.extend_from_slice(p);
         }
     }
-    Ok(Some(out))
+    Ok(Mixed::Payload(out))
+}
+
+/// What [`encode_mixed`] made of a chunk.
+enum Mixed {
+    /// Both kinds of page: the [`Codec::Mixed`] payload.
+    Payload(Vec<u8>),
+    /// Every page looks random: store it as is.
+    EveryPageRandom,
+    /// No page looks random: compress it whole.
+    NoPageRandom,
 }
 
 /// Encodes `raw` as a complete chunk record (header + payload) with `policy`.
 pub fn encode(raw: &[u8], policy: CodecPolicy) -> Result<(Vec<u8>, Codec)> {
+    encode_checked(raw, policy, will_compress(raw, policy))
+}
+
+/// [`encode`] for a caller that already knows what [`will_compress`] says of `raw` (or of
+/// the run it was cut from): the writer checks each run once, not each chunk again.
+pub(crate) fn encode_checked(
+    raw: &[u8],
+    policy: CodecPolicy,
+    compress: bool,
+) -> Result<(Vec<u8>, Codec)> {
     let raw_len = u32::try_from(raw.len()).map_err(|_| Error::InvalidInput {
         object: "chunk".into(),
         reason: format!("chunk of {} bytes is too large", raw.len()),
@@ -230,13 +261,14 @@ pub fn encode(raw: &[u8], policy: CodecPolicy) -> Result<(Vec<u8>, Codec)> {
     let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + raw.len() + 64);
     out.extend_from_slice(&[0u8; CHUNK_HEADER_LEN]);
     let mut codec = match policy {
-        _ if looks_incompressible(raw) => Codec::None,
+        _ if !compress => Codec::None,
         CodecPolicy::Zstd(level) => match encode_mixed(raw, level)? {
-            Some(payload) => {
+            Mixed::Payload(payload) => {
                 out.extend_from_slice(&payload);
                 Codec::Mixed
             }
-            None => {
+            Mixed::EveryPageRandom => Codec::None,
+            Mixed::NoPageRandom => {
                 let bound = zstd::zstd_safe::compress_bound(raw.len());
                 out.resize(CHUNK_HEADER_LEN + bound, 0);
                 let n = zstd_compress(level, raw, &mut out[CHUNK_HEADER_LEN..])?;
@@ -437,32 +469,33 @@ fn decode_mixed(ctx: &ChunkCtx<'_>, payload: &[u8], out: &mut [u8]) -> Result<()
     if zlen > rest.len() {
         return Err(ctx.corrupt("mixed payload shorter than its zstd frame"));
     }
-    let (frame, mut raw_pages) = rest.split_at(zlen);
+    let (frame, raw_pages) = rest.split_at(zlen);
     let is_raw = |i: usize| bitmap[i / 8] & (1 << (i % 8)) != 0;
-    let plain_len: usize = out
-        .chunks(MIXED_PAGE)
-        .enumerate()
-        .filter(|(i, _)| !is_raw(*i))
-        .map(|(_, p)| p.len())
-        .sum();
-    let mut plain = vec![0u8; plain_len];
-    zstd_decompress(ctx, frame, &mut plain)?;
-    let mut plain_at = 0;
-    for (i, page) in out.chunks_mut(MIXED_PAGE).enumerate() {
-        let len = page.len();
-        if is_raw(i) {
-            if raw_pages.len() < len {
-                return Err(ctx.corrupt("mixed payload shorter than its raw pages"));
-            }
-            page.copy_from_slice(&raw_pages[..len]);
-            raw_pages = &raw_pages[len..];
-        } else {
-            page.copy_from_slice(&plain[plain_at..plain_at + len]);
-            plain_at += len;
-        }
+    let out_len = out.len();
+    let page_len = |i: usize| MIXED_PAGE.min(out_len - i * MIXED_PAGE);
+    let plain_len: usize = (0..n_pages).filter(|&i| !is_raw(i)).map(page_len).sum();
+    if raw_pages.len() != out_len - plain_len {
+        return Err(ctx.corrupt(format!(
+            "mixed payload has {} bytes of raw pages, its page map says {}",
+            raw_pages.len(),
+            out_len - plain_len
+        )));
     }
-    if !raw_pages.is_empty() {
-        return Err(ctx.corrupt("mixed payload longer than its pages"));
+    // The other pages are decompressed to the front of `out`, then every page is put in its
+    // place from the last one down: a compressed page only ever moves up, over pages already
+    // placed or over itself, so nothing is overwritten before it is moved.
+    zstd_decompress(ctx, frame, &mut out[..plain_len])?;
+    let mut plain_end = plain_len;
+    let mut raw_end = raw_pages.len();
+    for i in (0..n_pages).rev() {
+        let (at, len) = (i * MIXED_PAGE, page_len(i));
+        if is_raw(i) {
+            out[at..at + len].copy_from_slice(&raw_pages[raw_end - len..raw_end]);
+            raw_end -= len;
+        } else {
+            out.copy_within(plain_end - len..plain_end, at);
+            plain_end -= len;
+        }
     }
     Ok(())
 }
@@ -507,12 +540,15 @@ pub fn read_into(
         }
         return r.map(|()| Codec::None);
     }
-    let mut payload = vec![0u8; hdr.stored_len];
-    if let Err(e) = file.read_exact_at(&mut payload, at) {
-        out.fill(0);
-        return Err(read_err(e));
-    }
-    decode_into(ctx, &hdr, &payload, out)?;
+    PAYLOAD.with(|scratch| {
+        let mut payload = scratch.borrow_mut();
+        payload.resize(hdr.stored_len, 0);
+        if let Err(e) = file.read_exact_at(&mut payload, at) {
+            out.fill(0);
+            return Err(read_err(e));
+        }
+        decode_into(ctx, &hdr, &payload, out)
+    })?;
     Ok(hdr.codec)
 }
 
@@ -618,6 +654,37 @@ mod tests {
             &mut out
         )
         .is_err());
+    }
+
+    #[test]
+    fn random_pages_too_short_to_sample_are_stored_raw_and_bad_page_maps_refused() {
+        // Under 8 KiB the chunk-wide sample is not taken; the page check still finds every
+        // page random and nothing is compressed.
+        let random = random_bytes(4096 + 3000, 8);
+        assert!(!looks_incompressible(&random));
+        assert_eq!(ctx_round_trip(&random, CodecPolicy::Zstd(3)), Codec::None);
+        // A mixed record whose raw pages are a page short, or a page long, is refused.
+        let raw = mixed_chunk();
+        let (file, _) = encode(&raw, CodecPolicy::Zstd(3)).unwrap();
+        let digest = ChunkDigest::of(&raw);
+        let ctx = ChunkCtx {
+            snapshot: "sha256:p",
+            digest: &digest,
+        };
+        let payload = &file[CHUNK_HEADER_LEN..];
+        let mut long = payload.to_vec();
+        long.extend_from_slice(&[0u8; 4096]);
+        for bad in [&payload[..payload.len() - 4096], &long[..]] {
+            let hdr = ChunkHeader {
+                codec: Codec::Mixed,
+                raw_len: raw.len(),
+                stored_len: bad.len(),
+            };
+            let mut out = vec![1u8; raw.len()];
+            let err = decode_into(&ctx, &hdr, bad, &mut out).unwrap_err();
+            assert!(err.to_string().contains("raw pages"), "{err}");
+            assert!(out.iter().all(|&b| b == 0));
+        }
     }
 
     #[test]

@@ -34,6 +34,9 @@ struct ChunkCache {
     cap: usize,
     tick: u64,
     entries: Vec<(ChunkDigest, Arc<Vec<u8>>, u64)>,
+    /// The buffer of the last chunk evicted, when nobody else held it: the next miss decodes
+    /// into it instead of allocating (and zeroing) a fresh one.
+    spare: Option<Vec<u8>>,
 }
 
 impl ChunkCache {
@@ -54,8 +57,17 @@ impl ChunkCache {
         if self.entries.len() < self.cap {
             self.entries.push((d, data, self.tick));
         } else if let Some(oldest) = self.entries.iter_mut().min_by_key(|e| e.2) {
-            *oldest = (d, data, self.tick);
+            let (_, evicted, _) = std::mem::replace(oldest, (d, data, self.tick));
+            self.spare = Arc::try_unwrap(evicted).ok();
         }
+    }
+
+    /// A buffer of `len` bytes to decode a chunk into. Its contents are stale: the decoder
+    /// writes every byte, or zeroes it all on error.
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = self.spare.take().unwrap_or_default();
+        buf.resize(len, 0);
+        buf
     }
 }
 
@@ -117,6 +129,7 @@ impl Reader {
                 cap: DEFAULT_CACHE_CHUNKS,
                 tick: 0,
                 entries: Vec::new(),
+                spare: None,
             }),
             _pin: pin,
         })
@@ -190,7 +203,11 @@ impl Reader {
         if let Some(hit) = self.cache.lock().ok().and_then(|mut c| c.get(&e.chunk)) {
             return Ok(hit);
         }
-        let mut buf = vec![0u8; usize::try_from(e.len).unwrap_or(0)];
+        let len = usize::try_from(e.len).unwrap_or(0);
+        let mut buf = match self.cache.lock() {
+            Ok(mut c) => c.buffer(len),
+            Err(_) => vec![0u8; len],
+        };
         self.read_chunk_into(e, &mut buf)?;
         let buf = Arc::new(buf);
         if let Ok(mut c) = self.cache.lock() {

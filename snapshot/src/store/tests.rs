@@ -8,6 +8,7 @@ use std::path::Path;
 use proptest::prelude::*;
 
 use super::*;
+use crate::store::chunk::CodecPolicy;
 use crate::store::manifest::PAGE_SIZE;
 use crate::store::reader::PageKind;
 use crate::workload::{memory_image, Rng};
@@ -157,6 +158,82 @@ fn dedup_across_snapshots() {
     let info = store.inspect("c").unwrap();
     assert_eq!(info.unique_chunks, 1);
     assert!(info.dedup_ratio > 1.9, "{info:?}");
+}
+
+/// Text of `pages` pages, different for each `seed`.
+fn text_pages(pages: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut v = Vec::with_capacity(pages * PG);
+    while v.len() < pages * PG {
+        v.extend_from_slice(
+            format!(
+                "INFO worker id={} ms={}\n",
+                rng.below(1 << 20),
+                rng.below(999)
+            )
+            .as_bytes(),
+        );
+    }
+    v.truncate(pages * PG);
+    v
+}
+
+#[test]
+fn compressible_runs_are_cut_in_half_random_runs_stay_whole() {
+    let (_d, store) = store();
+    let cs = writer::DEFAULT_CHUNK_SIZE;
+    let mut random = vec![0u8; cs];
+    Rng::new(5).fill(&mut random);
+    // Window 0: text; window 1: random; window 2: text from its third page on.
+    let mut image = text_pages(16, 1);
+    image.extend_from_slice(&random);
+    image.extend_from_slice(&vec![0u8; 2 * PG]);
+    image.extend_from_slice(&text_pages(14, 2));
+    let lens = |store: &Store, policy: CodecPolicy| -> Vec<(u64, u32)> {
+        let mut w = store
+            .writer_with(writer::WriterOptions {
+                codec: policy,
+                ..Default::default()
+            })
+            .unwrap();
+        w.object("m").unwrap().add_pages(0, &image).unwrap();
+        let id = w.commit(None).unwrap();
+        let r = store.reader(&id.to_string()).unwrap();
+        let mut back = vec![1u8; image.len()];
+        r.read_range("m", 0, &mut back).unwrap();
+        assert!(back == image);
+        r.manifest()
+            .extents
+            .iter()
+            .map(|e| (e.vaddr, e.len))
+            .collect()
+    };
+    let full = u32::try_from(cs).unwrap();
+    let half = full / 2;
+    let w2 = 2 * cs as u64;
+    assert_eq!(
+        lens(&store, CodecPolicy::default()),
+        [
+            (0, half),
+            (cs as u64 / 2, half),
+            (cs as u64, full),
+            (w2 + 2 * PAGE_SIZE, half - 2 * 4096),
+            (w2 + cs as u64 / 2, half),
+        ]
+    );
+    // Nothing is compressed, nothing is cut.
+    assert_eq!(
+        lens(&store, CodecPolicy::None),
+        [
+            (0, full),
+            (cs as u64, full),
+            (w2 + 2 * PAGE_SIZE, full - 2 * 4096)
+        ]
+    );
+    // The same memory again: the same cuts, nothing new stored.
+    let mut w = store.writer().unwrap();
+    w.object("m").unwrap().add_pages(0, &image).unwrap();
+    assert_eq!(w.stats().new_chunks, 0, "{:?}", w.stats());
 }
 
 #[test]

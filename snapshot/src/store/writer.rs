@@ -34,8 +34,9 @@ use crate::store::manifest::{Extent, Manifest, Meta, ObjectKind, ObjectMeta, Reg
 use crate::store::pack::{self, PackWriter};
 use crate::store::{reference, Store};
 
-/// Default chunk size: 64 KiB, small enough that one page fault costs one cheap decompression
-/// (docs/BENCHMARKS-store.md).
+/// Default chunk size: 64 KiB, small enough that one page fault costs one cheap decompression;
+/// runs that are compressed are cut at half of it (docs/FORMAT.md, docs/BENCHMARKS.md "Snapshot
+/// store").
 pub const DEFAULT_CHUNK_SIZE: usize = 64 << 10;
 
 /// Writer settings.
@@ -325,7 +326,7 @@ impl Writer {
         let sink = &self.sink;
         let results: Vec<Result<(Vec<Extent>, WriteStats)>> = jobs
             .par_iter()
-            .map(|(va, data)| window(sink, object, *va, data))
+            .map(|(va, data)| window(sink, object, *va, data, self.opts.chunk_size))
             .collect();
         for r in results {
             let (ext, st) = r?;
@@ -439,32 +440,63 @@ impl Drop for Writer {
     }
 }
 
+/// Where a run of non-zero pages at `[start, end)` (addresses, within one chunk window) is cut
+/// into chunks: at every multiple of `half` inside it when its content will be compressed,
+/// nowhere otherwise. Returns the cut addresses, `end` last.
+///
+/// A page fault costs one chunk's decompression and hash, so compressed chunks are kept to
+/// half the chunk size: a 32 KiB zstd frame decodes in half the time of a 64 KiB one and is
+/// 2.5% larger (docs/BENCHMARKS.md, "Half-size compressed chunks"). Raw chunks (random
+/// memory) cost a read and a hash and stay whole. The cut depends only on the content and
+/// the address, so unchanged memory is cut, and deduplicated, the same way every time.
+fn cuts(start: u64, end: u64, half: u64, compressed: bool) -> impl Iterator<Item = u64> {
+    let first = (start / half + 1) * half;
+    let inner = if compressed { first..end } else { end..end };
+    inner
+        .step_by(usize::try_from(half).unwrap_or(usize::MAX))
+        .chain(std::iter::once(end))
+}
+
 /// Processes one chunk window: splits it at zero pages, stores each run of non-zero pages as
-/// one chunk.
-fn window(sink: &Sink, object: u32, va: u64, data: &[u8]) -> Result<(Vec<Extent>, WriteStats)> {
+/// one chunk, or two halves when it is compressible ([`cuts`]).
+fn window(
+    sink: &Sink,
+    object: u32,
+    va: u64,
+    data: &[u8],
+    chunk_size: usize,
+) -> Result<(Vec<Extent>, WriteStats)> {
     let mut stats = WriteStats {
         input_bytes: data.len() as u64,
         ..WriteStats::default()
     };
     let mut extents = Vec::new();
     let page = usize::try_from(PAGE_SIZE).unwrap_or(4096);
+    let half = (chunk_size as u64 / 2).max(PAGE_SIZE) / PAGE_SIZE * PAGE_SIZE;
     let mut run_start: Option<usize> = None;
     let mut off = 0usize;
     let mut flush = |from: usize, to: usize, stats: &mut WriteStats| -> Result<()> {
-        let raw = &data[from..to];
-        let (digest, new_stored) = sink.store(raw)?;
-        stats.chunks += 1;
-        if let Some(n) = new_stored {
-            stats.new_chunks += 1;
-            stats.new_raw_bytes += raw.len() as u64;
-            stats.new_stored_bytes += n;
+        let compressed = chunk::will_compress(&data[from..to], sink.codec);
+        let mut at = va + from as u64;
+        for cut in cuts(at, va + to as u64, half, compressed) {
+            let lo = usize::try_from(at - va).unwrap_or(0);
+            let hi = usize::try_from(cut - va).unwrap_or(data.len());
+            let raw = &data[lo..hi];
+            let (digest, new_stored) = sink.store(raw, compressed)?;
+            stats.chunks += 1;
+            if let Some(n) = new_stored {
+                stats.new_chunks += 1;
+                stats.new_raw_bytes += raw.len() as u64;
+                stats.new_stored_bytes += n;
+            }
+            extents.push(Extent {
+                object,
+                len: u32::try_from(raw.len()).unwrap_or(u32::MAX),
+                vaddr: at,
+                chunk: digest,
+            });
+            at = cut;
         }
-        extents.push(Extent {
-            object,
-            len: u32::try_from(raw.len()).unwrap_or(u32::MAX),
-            vaddr: va + from as u64,
-            chunk: digest,
-        });
         Ok(())
     };
     while off < data.len() {
@@ -487,8 +519,9 @@ fn window(sink: &Sink, object: u32, va: u64, data: &[u8]) -> Result<(Vec<Extent>
 
 impl Sink {
     /// Stores one chunk unless the store or this writer has it. Returns its digest and, if it
-    /// was stored, the bytes of its record.
-    fn store(&self, raw: &[u8]) -> Result<(ChunkDigest, Option<u64>)> {
+    /// was stored, the bytes of its record. `compress`: what [`chunk::will_compress`] said of
+    /// the run `raw` was cut from.
+    fn store(&self, raw: &[u8], compress: bool) -> Result<(ChunkDigest, Option<u64>)> {
         let digest = ChunkDigest::of(raw);
         if self.known.contains_key(&digest) {
             return Ok((digest, None));
@@ -501,7 +534,7 @@ impl Sink {
         if !fresh {
             return Ok((digest, None));
         }
-        let (record, _codec) = chunk::encode(raw, self.codec)?;
+        let (record, _codec) = chunk::encode_checked(raw, self.codec, compress)?;
         self.pack.append(digest, raw.len(), &record)?;
         Ok((digest, Some(record.len() as u64)))
     }
