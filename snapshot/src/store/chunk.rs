@@ -123,6 +123,8 @@ thread_local! {
     static ZSTD_D: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
     /// The record being decoded ([`read_into`]): one buffer per thread, not one per read.
     static PAYLOAD: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// A mixed chunk's pages to compress, gathered ([`encode_mixed`]).
+    static PLAIN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Estimated entropy of `raw` in bits per byte from a spread sample, to skip compressing
@@ -195,120 +197,167 @@ fn zstd_compress(level: i32, raw: &[u8], out: &mut [u8]) -> Result<usize> {
 /// | zstd frame of the other pages in order (zlen B) | the raw pages in order |
 /// ```
 ///
-/// Pages are 4 KiB; the last one may be shorter.
-fn encode_mixed(raw: &[u8], level: i32) -> Result<Mixed> {
-    let pages: Vec<&[u8]> = raw.chunks(MIXED_PAGE).collect();
-    let random: Vec<bool> = pages.iter().map(|p| page_looks_random(p)).collect();
-    let n_random = random.iter().filter(|&&r| r).count();
+/// Pages are 4 KiB; the last one may be shorter. The bitmap and the frame are appended to
+/// `head`; the raw pages are returned as runs of `raw`, not copied.
+fn encode_mixed<'a>(raw: &'a [u8], level: i32, head: &mut Vec<u8>) -> Result<Mixed<'a>> {
+    let n_pages = raw.len().div_ceil(MIXED_PAGE);
+    let mut bitmap = vec![0u8; n_pages.div_ceil(8)];
+    let mut n_random = 0;
+    for (i, p) in raw.chunks(MIXED_PAGE).enumerate() {
+        if page_looks_random(p) {
+            bitmap[i / 8] |= 1 << (i % 8);
+            n_random += 1;
+        }
+    }
     if n_random == 0 {
         return Ok(Mixed::NoPageRandom);
     }
-    if n_random == pages.len() {
+    if n_random == n_pages {
         return Ok(Mixed::EveryPageRandom);
     }
-    let mut bitmap = vec![0u8; pages.len().div_ceil(8)];
-    let mut plain = Vec::with_capacity(raw.len());
-    for (i, (p, &r)) in pages.iter().zip(&random).enumerate() {
-        if r {
-            bitmap[i / 8] |= 1 << (i % 8);
-        } else {
-            plain.extend_from_slice(p);
+    let is_raw = |i: usize| bitmap[i / 8] & (1 << (i % 8)) != 0;
+    // Consecutive pages of one kind are one run: one copy into the frame's input, one slice.
+    let mut runs: Vec<(bool, &'a [u8])> = Vec::new();
+    let mut i = 0;
+    while i < n_pages {
+        let kind = is_raw(i);
+        let mut j = i + 1;
+        while j < n_pages && is_raw(j) == kind {
+            j += 1;
         }
+        runs.push((kind, &raw[i * MIXED_PAGE..(j * MIXED_PAGE).min(raw.len())]));
+        i = j;
     }
-    let mut out = Vec::with_capacity(bitmap.len() + 4 + raw.len());
-    out.extend_from_slice(&bitmap);
-    out.extend_from_slice(&[0u8; 4]);
-    let zstart = out.len();
-    out.resize(zstart + zstd::zstd_safe::compress_bound(plain.len()), 0);
-    let zlen = zstd_compress(level, &plain, &mut out[zstart..])?;
-    out.truncate(zstart + zlen);
-    let zlen32 = u32::try_from(zlen).unwrap_or(u32::MAX);
-    out[zstart - 4..zstart].copy_from_slice(&zlen32.to_le_bytes());
-    for (p, &r) in pages.iter().zip(&random) {
-        if r {
-            out.extend_from_slice(p);
+    PLAIN.with(|plain| -> Result<()> {
+        let mut plain = plain.borrow_mut();
+        plain.clear();
+        for (_, run) in runs.iter().filter(|(r, _)| !r) {
+            plain.extend_from_slice(run);
         }
-    }
-    Ok(Mixed::Payload(out))
+        head.extend_from_slice(&bitmap);
+        head.extend_from_slice(&[0u8; 4]);
+        let zstart = head.len();
+        head.resize(zstart + zstd::zstd_safe::compress_bound(plain.len()), 0);
+        let zlen = zstd_compress(level, &plain, &mut head[zstart..])?;
+        head.truncate(zstart + zlen);
+        let zlen32 = u32::try_from(zlen).unwrap_or(u32::MAX);
+        head[zstart - 4..zstart].copy_from_slice(&zlen32.to_le_bytes());
+        Ok(())
+    })?;
+    Ok(Mixed::Payload(
+        runs.into_iter()
+            .filter(|(r, _)| *r)
+            .map(|(_, run)| run)
+            .collect(),
+    ))
 }
 
 /// What [`encode_mixed`] made of a chunk.
-enum Mixed {
-    /// Both kinds of page: the [`Codec::Mixed`] payload.
-    Payload(Vec<u8>),
+enum Mixed<'a> {
+    /// Both kinds of page: the [`Codec::Mixed`] payload, its raw pages still to follow.
+    Payload(Vec<&'a [u8]>),
     /// Every page looks random: store it as is.
     EveryPageRandom,
     /// No page looks random: compress it whole.
     NoPageRandom,
 }
 
-/// Encodes `raw` as a complete chunk record (header + payload) with `policy`.
-pub fn encode(raw: &[u8], policy: CodecPolicy) -> Result<(Vec<u8>, Codec)> {
-    encode_checked(raw, policy, will_compress(raw, policy))
+/// An encoded chunk record, not yet in one piece: `head` (the chunk header, then what was
+/// encoded), followed by `tail`, parts of the raw chunk stored as they are (all of a raw
+/// chunk, a mixed chunk's random pages). Writing it from these parts saves copying the half
+/// of memory that is stored raw.
+pub(crate) struct Record<'a> {
+    /// The chunk header and the encoded part of the payload.
+    pub head: Vec<u8>,
+    /// The rest of the payload, borrowed from the raw chunk.
+    pub tail: Vec<&'a [u8]>,
+    /// The payload's codec.
+    pub codec: Codec,
 }
 
-/// [`encode`] for a caller that already knows what [`will_compress`] says of `raw` (or of
-/// the run it was cut from): the writer checks each run once, not each chunk again.
-pub(crate) fn encode_checked(
-    raw: &[u8],
-    policy: CodecPolicy,
-    compress: bool,
-) -> Result<(Vec<u8>, Codec)> {
+impl Record<'_> {
+    /// Length of the whole record.
+    pub(crate) fn len(&self) -> usize {
+        self.head.len() + self.tail.iter().map(|t| t.len()).sum::<usize>()
+    }
+
+    /// The record in one piece.
+    pub(crate) fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len());
+        v.extend_from_slice(&self.head);
+        for t in &self.tail {
+            v.extend_from_slice(t);
+        }
+        v
+    }
+}
+
+/// Encodes `raw` as a complete chunk record (header + payload) with `policy`.
+pub fn encode(raw: &[u8], policy: CodecPolicy) -> Result<(Vec<u8>, Codec)> {
+    let r = encode_record(raw, policy, will_compress(raw, policy))?;
+    Ok((r.to_vec(), r.codec))
+}
+
+/// [`encode`] in parts, for a caller that already knows what [`will_compress`] says of `raw`
+/// (or of the run it was cut from): the writer checks each run once, not each chunk again.
+pub(crate) fn encode_record(raw: &[u8], policy: CodecPolicy, compress: bool) -> Result<Record<'_>> {
     let raw_len = u32::try_from(raw.len()).map_err(|_| Error::InvalidInput {
         object: "chunk".into(),
         reason: format!("chunk of {} bytes is too large", raw.len()),
     })?;
-    let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + raw.len() + 64);
-    out.extend_from_slice(&[0u8; CHUNK_HEADER_LEN]);
+    let mut head = vec![0u8; CHUNK_HEADER_LEN];
+    let mut tail = Vec::new();
     let mut codec = match policy {
         _ if !compress => Codec::None,
-        CodecPolicy::Zstd(level) => match encode_mixed(raw, level)? {
-            Mixed::Payload(payload) => {
-                out.extend_from_slice(&payload);
+        CodecPolicy::Zstd(level) => match encode_mixed(raw, level, &mut head)? {
+            Mixed::Payload(pages) => {
+                tail = pages;
                 Codec::Mixed
             }
             Mixed::EveryPageRandom => Codec::None,
             Mixed::NoPageRandom => {
                 let bound = zstd::zstd_safe::compress_bound(raw.len());
-                out.resize(CHUNK_HEADER_LEN + bound, 0);
-                let n = zstd_compress(level, raw, &mut out[CHUNK_HEADER_LEN..])?;
-                out.truncate(CHUNK_HEADER_LEN + n);
+                head.resize(CHUNK_HEADER_LEN + bound, 0);
+                let n = zstd_compress(level, raw, &mut head[CHUNK_HEADER_LEN..])?;
+                head.truncate(CHUNK_HEADER_LEN + n);
                 Codec::Zstd
             }
         },
         CodecPolicy::Lz4 => {
             let bound = lz4_flex::block::get_maximum_output_size(raw.len());
-            out.resize(CHUNK_HEADER_LEN + bound, 0);
-            let n =
-                lz4_flex::block::compress_into(raw, &mut out[CHUNK_HEADER_LEN..]).map_err(|e| {
-                    Error::InvalidInput {
-                        object: "chunk".into(),
-                        reason: format!("lz4 compression failed: {e}"),
-                    }
-                })?;
-            out.truncate(CHUNK_HEADER_LEN + n);
+            head.resize(CHUNK_HEADER_LEN + bound, 0);
+            let n = lz4_flex::block::compress_into(raw, &mut head[CHUNK_HEADER_LEN..]).map_err(
+                |e| Error::InvalidInput {
+                    object: "chunk".into(),
+                    reason: format!("lz4 compression failed: {e}"),
+                },
+            )?;
+            head.truncate(CHUNK_HEADER_LEN + n);
             Codec::Lz4
         }
         CodecPolicy::None => Codec::None,
     };
-    if codec != Codec::None && out.len() - CHUNK_HEADER_LEN >= raw.len() {
+    let payload_len = |head: &Vec<u8>, tail: &Vec<&[u8]>| {
+        head.len() - CHUNK_HEADER_LEN + tail.iter().map(|t| t.len()).sum::<usize>()
+    };
+    if codec != Codec::None && payload_len(&head, &tail) >= raw.len() {
         codec = Codec::None;
     }
     if codec == Codec::None {
-        out.truncate(CHUNK_HEADER_LEN);
-        out.extend_from_slice(raw);
+        head.truncate(CHUNK_HEADER_LEN);
+        tail = vec![raw];
     }
-    let stored_len = u32::try_from(out.len() - CHUNK_HEADER_LEN).unwrap_or(u32::MAX);
-    out[0..4].copy_from_slice(&CHUNK_MAGIC);
-    out[4] = if codec == Codec::Mixed {
+    let stored_len = u32::try_from(payload_len(&head, &tail)).unwrap_or(u32::MAX);
+    head[0..4].copy_from_slice(&CHUNK_MAGIC);
+    head[4] = if codec == Codec::Mixed {
         CHUNK_VERSION_MIXED
     } else {
         CHUNK_VERSION
     };
-    out[5] = codec.to_byte();
-    out[8..12].copy_from_slice(&raw_len.to_le_bytes());
-    out[12..16].copy_from_slice(&stored_len.to_le_bytes());
-    Ok((out, codec))
+    head[5] = codec.to_byte();
+    head[8..12].copy_from_slice(&raw_len.to_le_bytes());
+    head[12..16].copy_from_slice(&stored_len.to_le_bytes());
+    Ok(Record { head, tail, codec })
 }
 
 /// A parsed chunk header.

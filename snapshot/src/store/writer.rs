@@ -39,6 +39,33 @@ use crate::store::{reference, Store};
 /// store").
 pub const DEFAULT_CHUNK_SIZE: usize = 64 << 10;
 
+/// How many bytes of chunk records one task of the writer's pool gathers before it appends
+/// them to the pack in one write (one `pwrite` per chunk cost syscalls and contention on the
+/// file's lock).
+const GROUP_BYTES: u64 = 256 << 10;
+
+/// Chunk records encoded by one task, waiting to be appended to the pack together.
+type Pending<'a> = Vec<(ChunkDigest, usize, chunk::Record<'a>)>;
+
+/// What one task of the writer's pool has done: extents, stats, and records not yet written.
+#[derive(Default)]
+struct Group<'a> {
+    extents: Vec<Extent>,
+    stats: WriteStats,
+    pending: Pending<'a>,
+    pending_bytes: u64,
+}
+
+impl Group<'_> {
+    /// Appends the pending records to the pack.
+    fn flush(&mut self, sink: &Sink) -> Result<()> {
+        sink.pack.append_records(&self.pending)?;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        Ok(())
+    }
+}
+
 /// Writer settings.
 #[derive(Clone, Copy, Debug)]
 pub struct WriterOptions {
@@ -324,9 +351,30 @@ impl Writer {
             return Ok(());
         }
         let sink = &self.sink;
+        let cs = self.opts.chunk_size;
+        // Each task of the pool folds windows into its own group, whose records go to the
+        // pack in one write whenever they reach GROUP_BYTES, and at the end.
         let results: Vec<Result<(Vec<Extent>, WriteStats)>> = jobs
             .par_iter()
-            .map(|(va, data)| window(sink, object, *va, data, self.opts.chunk_size))
+            .fold(
+                || Ok::<Group, Error>(Group::default()),
+                |group: Result<Group>, (va, data)| {
+                    let mut g = group?;
+                    let (e, st) = window(sink, object, *va, data, cs, &mut g.pending)?;
+                    g.extents.extend(e);
+                    g.stats.add(&st);
+                    g.pending_bytes += st.new_stored_bytes;
+                    if g.pending_bytes >= GROUP_BYTES {
+                        g.flush(sink)?;
+                    }
+                    Ok(g)
+                },
+            )
+            .map(|group| {
+                let mut g = group?;
+                g.flush(sink)?;
+                Ok((g.extents, g.stats))
+            })
             .collect();
         for r in results {
             let (ext, st) = r?;
@@ -459,12 +507,13 @@ fn cuts(start: u64, end: u64, half: u64, compressed: bool) -> impl Iterator<Item
 
 /// Processes one chunk window: splits it at zero pages, stores each run of non-zero pages as
 /// one chunk, or two halves when it is compressible ([`cuts`]).
-fn window(
+fn window<'a>(
     sink: &Sink,
     object: u32,
     va: u64,
-    data: &[u8],
+    data: &'a [u8],
     chunk_size: usize,
+    pending: &mut Pending<'a>,
 ) -> Result<(Vec<Extent>, WriteStats)> {
     let mut stats = WriteStats {
         input_bytes: data.len() as u64,
@@ -482,7 +531,7 @@ fn window(
             let lo = usize::try_from(at - va).unwrap_or(0);
             let hi = usize::try_from(cut - va).unwrap_or(data.len());
             let raw = &data[lo..hi];
-            let (digest, new_stored) = sink.store(raw, compressed)?;
+            let (digest, new_stored) = sink.store(raw, compressed, pending)?;
             stats.chunks += 1;
             if let Some(n) = new_stored {
                 stats.new_chunks += 1;
@@ -518,10 +567,15 @@ fn window(
 }
 
 impl Sink {
-    /// Stores one chunk unless the store or this writer has it. Returns its digest and, if it
-    /// was stored, the bytes of its record. `compress`: what [`chunk::will_compress`] said of
-    /// the run `raw` was cut from.
-    fn store(&self, raw: &[u8], compress: bool) -> Result<(ChunkDigest, Option<u64>)> {
+    /// Encodes one chunk into `pending` unless the store or this writer has it. Returns its
+    /// digest and, if it is new, the bytes of its record. `compress`: what
+    /// [`chunk::will_compress`] said of the run `raw` was cut from.
+    fn store<'a>(
+        &self,
+        raw: &'a [u8],
+        compress: bool,
+        pending: &mut Pending<'a>,
+    ) -> Result<(ChunkDigest, Option<u64>)> {
         let digest = ChunkDigest::of(raw);
         if self.known.contains_key(&digest) {
             return Ok((digest, None));
@@ -534,9 +588,10 @@ impl Sink {
         if !fresh {
             return Ok((digest, None));
         }
-        let (record, _codec) = chunk::encode_checked(raw, self.codec, compress)?;
-        self.pack.append(digest, raw.len(), &record)?;
-        Ok((digest, Some(record.len() as u64)))
+        let record = chunk::encode_record(raw, self.codec, compress)?;
+        let n = record.len() as u64;
+        pending.push((digest, raw.len(), record));
+        Ok((digest, Some(n)))
     }
 }
 
