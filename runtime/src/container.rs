@@ -413,6 +413,7 @@ impl Runtime {
                 tracing::warn!("{e}");
             }
         }
+        crate::checkpoint::remove_shm_staging(dir.path(), id);
         dir.remove()
     }
 

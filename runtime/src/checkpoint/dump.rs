@@ -127,20 +127,47 @@ fn lazy_page_server_pipes() -> Result<()> {
     )))
 }
 
-/// Where CRIU's raw images wait for ingest: `fallback` (in the state directory) when that is
-/// on a tmpfs, else a private directory in /dev/shm.
-fn staging_dir(fallback: &Path, id: &str) -> Result<std::path::PathBuf> {
-    let fallback = absolute(fallback)?;
+/// Where a store checkpoint's staging directory goes when the state directory is not on a
+/// tmpfs.
+const SHM_STAGING: &str = "/dev/shm/cryo";
+
+/// The staging directory in /dev/shm of the container whose state directory is `state_dir`:
+/// named by the id and a digest of the state directory's path, so that containers of one id
+/// under two roots (two containerd namespaces) never share one.
+fn shm_staging(state_dir: &Path, id: &str) -> std::path::PathBuf {
+    let digest = cryo_snapshot::ChunkDigest::of(state_dir.as_os_str().as_encoded_bytes());
+    Path::new(SHM_STAGING).join(format!("{id}-{}.dump", &digest.hex()[..12]))
+}
+
+/// Where CRIU's raw images wait for ingest: `dump` in the state directory when that is on a
+/// tmpfs, else a private directory in /dev/shm ([`shm_staging`]).
+fn staging_dir(state_dir: &Path, id: &str) -> Result<std::path::PathBuf> {
+    let state_dir = absolute(state_dir)?;
     let on_tmpfs = |p: &Path| {
         nix::sys::statfs::statfs(p)
             .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
     };
-    if fallback.parent().is_some_and(on_tmpfs) || !on_tmpfs(Path::new("/dev/shm")) {
-        return Ok(fallback);
+    if on_tmpfs(&state_dir) || !on_tmpfs(Path::new("/dev/shm")) {
+        return Ok(state_dir.join("dump"));
     }
-    let shm = Path::new("/dev/shm/cryo");
-    mkdir_0700(shm)?;
-    Ok(shm.join(format!("{id}.dump")))
+    mkdir_0700(Path::new(SHM_STAGING))?;
+    Ok(shm_staging(&state_dir, id))
+}
+
+/// Removes what a checkpoint killed mid-dump left in /dev/shm for the container whose state
+/// directory is `state_dir` (one in the state directory goes with it). The caller holds the
+/// container's lock, so no checkpoint of it is running.
+pub(crate) fn remove_shm_staging(state_dir: &Path, id: &str) {
+    if let Ok(state_dir) = absolute(state_dir) {
+        let path = shm_staging(&state_dir, id);
+        match fs::remove_dir_all(&path) {
+            Ok(()) => {
+                tracing::debug!(path = %path.display(), "removed a killed checkpoint's images")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("{}: {e}", path.display()),
+        }
+    }
 }
 
 /// What a checkpoint produced.
@@ -200,7 +227,7 @@ impl Runtime {
                 let store = open_store(opts.store.as_deref())?;
                 // CRIU's other images go to a tmpfs and leave it in the store. Never on the
                 // store's disk: the store's commit syncs, which would write them out first.
-                let staging = staging_dir(&dir.path().join("dump"), &st.id)?;
+                let staging = staging_dir(dir.path(), &st.id)?;
                 let writer = store
                     .writer_with(WriterOptions {
                         codec: opts.compression,
@@ -555,6 +582,45 @@ fn container_pids(st: &ContainerState) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn staging_in_dev_shm_is_per_root_and_removed_with_the_container() {
+        let on_tmpfs = |p: &Path| {
+            nix::sys::statfs::statfs(p)
+                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+        };
+        let roots = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        if on_tmpfs(roots[0].path()) || !on_tmpfs(Path::new("/dev/shm")) {
+            println!("skipped: the temp directory is a tmpfs or /dev/shm is not: staging stays in the state directory");
+            return;
+        }
+        let id = format!("stage-{}", std::process::id());
+        let dirs: Vec<PathBuf> = roots.iter().map(|r| r.path().join(&id)).collect();
+        let staged: Vec<PathBuf> = dirs.iter().map(|d| staging_dir(d, &id).unwrap()).collect();
+        assert!(
+            staged.iter().all(|s| s.starts_with(SHM_STAGING)),
+            "{staged:?}"
+        );
+        assert_ne!(
+            staged[0], staged[1],
+            "one id under two roots shares a staging directory"
+        );
+        for s in &staged {
+            mkdir_0700(s).unwrap();
+            fs::write(s.join("pages-1.img"), b"left by a killed checkpoint").unwrap();
+        }
+        remove_shm_staging(&dirs[0], &id);
+        assert!(!staged[0].exists());
+        assert!(
+            staged[1].exists(),
+            "the other root's container lost its staging"
+        );
+        remove_shm_staging(&dirs[1], &id);
+        assert!(!staged[1].exists());
+        // Nothing there is not an error.
+        remove_shm_staging(&dirs[1], &id);
+    }
 
     #[test]
     fn processes_of_one_cgroup_set_are_flat_and_gone_ones_are_left_out() {

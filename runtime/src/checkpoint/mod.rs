@@ -14,6 +14,7 @@ pub mod gpu;
 mod restore;
 mod tmpfs;
 
+pub(crate) use dump::remove_shm_staging;
 pub use dump::CheckpointReport;
 pub use gpu::{CudaImage, GpuOptions};
 pub use tmpfs::KeptTmpfs;
