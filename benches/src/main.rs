@@ -163,6 +163,11 @@ enum Scenario {
         /// page server).
         #[arg(long = "batch-mib", default_value_t = 8)]
         batch_mib: usize,
+        /// The image: `synthetic` (DESIGN.md's workload, seed 1) or `python` (the memory of a
+        /// live python3 whose heap of request records, floats, bytes and text is about
+        /// --size-mib).
+        #[arg(long, default_value = "synthetic", value_parser = ["synthetic", "python"])]
+        image: String,
     },
     /// Device-buffer snapshots (cryo-snapshot's gpu::buffers): device memory saved into a
     /// store and loaded back, against pinned copies over the same bus in the same round. On
@@ -623,6 +628,7 @@ fn main() -> Result<()> {
             codec,
             chunk_kib,
             batch_mib,
+            image,
         } => store::run(&store::Opts {
             size_mib,
             runs,
@@ -632,6 +638,7 @@ fn main() -> Result<()> {
             codec,
             chunk_kib,
             batch_mib,
+            python: image == "python",
         }),
         Scenario::Gpu {
             size_mib,

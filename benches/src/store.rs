@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use cryo_snapshot::store::reader::DEFAULT_CACHE_CHUNKS;
-use cryo_snapshot::workload::{fill_memory_image, Rng};
+use cryo_snapshot::workload::{fill_memory_image, PythonHeap, Rng};
 use cryo_snapshot::{CodecPolicy, Store, WriterOptions, PAGE_SIZE};
 use serde::Serialize;
 
@@ -78,6 +78,8 @@ pub struct Opts {
     pub codec: String,
     pub chunk_kib: usize,
     pub batch_mib: usize,
+    /// The image is a live python3's memory (`workload::PythonHeap`), not the synthetic one.
+    pub python: bool,
 }
 
 /// `zstdN` (N in 1..=22), `lz4` or `none`.
@@ -453,8 +455,30 @@ pub fn run(o: &Opts) -> Result<()> {
         .with_context(|| format!("creating a scratch directory in {}", o.dir.display()))?;
     let sp = scratch.path().to_path_buf();
     let raw = sp.join("image.raw");
-    let mut image = vec![0u8; size];
-    fill_memory_image(&mut image, SEED);
+    let (mut image, what) = if o.python {
+        let heap = PythonHeap::start(o.size_mib).context("starting python3 for --image python")?;
+        let image = heap.memory().context("reading python3's memory")?;
+        let pages = image.len() / 4096;
+        let zero = image
+            .chunks(4096)
+            .filter(|p| p.iter().all(|&b| b == 0))
+            .count();
+        let what = format!(
+            "the memory of a live python3 (its private writable mappings, {} MiB, {:.0}% zero              pages; cryo_snapshot::workload::PYTHON_HEAP with a heap of about {} MiB)",
+            image.len() >> 20,
+            zero as f64 * 100.0 / pages.max(1) as f64,
+            o.size_mib
+        );
+        (image, what)
+    } else {
+        let mut image = vec![0u8; size];
+        fill_memory_image(&mut image, SEED);
+        let what = format!(
+            "{} MiB raw (seed {SEED}: ½ random pages, ¼ zero pages, ¼ text)",
+            o.size_mib
+        );
+        (image, what)
+    };
     std::fs::write(&raw, &image).with_context(|| format!("writing {}", raw.display()))?;
     // Reused as the store's read-back buffer: zeroed, so a page the read misses can't match.
     image.fill(0);
@@ -486,10 +510,11 @@ pub fn run(o: &Opts) -> Result<()> {
 
     let rows = rows(std::mem::take(&mut b.series));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let image_flag = if o.python { " --image python" } else { "" };
     let legend = format!(
         "`cryo-bench store --size-mib {size_mib} --runs {runs} --warmup {warmup} --codec {} \
-         --chunk-kib {chunk_kib} --batch-mib {batch_mib} --dir {dir}`. Image: {size_mib} MiB raw \
-         (seed {SEED}: ½ random pages, ¼ zero pages, ¼ text) in {dir}; {cpus} CPUs; zstd \
+         --chunk-kib {chunk_kib} --batch-mib {batch_mib} --dir {dir}{image_flag}`. Image: {what} \
+         in {dir}; {cpus} CPUs; zstd \
          {zstd}, lz4 {lz4}. Write: the CLIs compress the image file into a file beside it; the \
          store reads it in {batch_mib} MiB batches (a thread reading ahead, as a page server) into a \
          fresh store there and commits (syncfs \
@@ -516,7 +541,11 @@ pub fn run(o: &Opts) -> Result<()> {
         (rows.iter()).map(|r| (r.s.metric, r.s.unit, r.s.label.as_str(), &r.summary)),
         "cryo",
     );
-    let title = format!("snapshot store and the zstd and lz4 CLIs, {size_mib} MiB image");
+    let title = if o.python {
+        "snapshot store and the zstd and lz4 CLIs, a python3 process's memory".to_string()
+    } else {
+        format!("snapshot store and the zstd and lz4 CLIs, {size_mib} MiB image")
+    };
     crate::plot::write(&o.out, "store", &title, &panels);
     eprintln!("cryo-bench: results in {}", o.out.display());
     drop(b);
@@ -596,26 +625,34 @@ mod tests {
             println!("skipped: zstd or lz4 is not on PATH");
             return;
         }
-        let d = tempfile::tempdir().unwrap();
-        let o = Opts {
-            size_mib: 2,
-            runs: 2,
-            warmup: 1,
-            dir: d.path().join("work"),
-            out: d.path().join("out"),
-            codec: "zstd3".into(),
-            chunk_kib: 64,
-            batch_mib: 1,
-        };
-        run(&o).unwrap();
-        let json = std::fs::read(o.out.join("store.json")).unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
-        let rows = json["rows"].as_array().unwrap();
-        assert_eq!(rows.len(), 13, "{json:#}");
-        assert!(rows.iter().all(|r| r["summary"]["n"] == 2), "{json:#}");
-        let md = std::fs::read_to_string(o.out.join("store.md")).unwrap();
-        assert!(md.contains("÷ lz4: write time"), "{md}");
-        // The scratch directory is gone; the directory it was made in stays.
-        assert_eq!(std::fs::read_dir(&o.dir).unwrap().count(), 0);
+        for python in [false, true] {
+            if python && which("python3").is_none() {
+                println!("skipped --image python: python3 is not on PATH");
+                continue;
+            }
+            let d = tempfile::tempdir().unwrap();
+            let o = Opts {
+                size_mib: 2,
+                runs: 2,
+                warmup: 1,
+                dir: d.path().join("work"),
+                out: d.path().join("out"),
+                codec: "zstd3".into(),
+                chunk_kib: 64,
+                batch_mib: 1,
+                python,
+            };
+            run(&o).unwrap();
+            let json = std::fs::read(o.out.join("store.json")).unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
+            let rows = json["rows"].as_array().unwrap();
+            assert_eq!(rows.len(), 13, "{json:#}");
+            assert!(rows.iter().all(|r| r["summary"]["n"] == 2), "{json:#}");
+            let md = std::fs::read_to_string(o.out.join("store.md")).unwrap();
+            assert!(md.contains("÷ lz4: write time"), "{md}");
+            assert_eq!(md.contains("a live python3"), python, "{md}");
+            // The scratch directory is gone; the directory it was made in stays.
+            assert_eq!(std::fs::read_dir(&o.dir).unwrap().count(), 0);
+        }
     }
 }

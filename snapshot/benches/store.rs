@@ -1,11 +1,13 @@
 //! Criterion micro-benchmarks of the store on the reference workload (workload.rs, seed 1):
-//! write+commit, full parallel read, and single-page fetch (cold chunk and cached chunk).
-//! Ratios against the zstd/lz4 CLIs come from examples/store_vs_cli.rs.
+//! write+commit, full parallel read, and single-page fetch (cold chunk and cached chunk); then
+//! the same on a real process image, the memory of a live python3 with a 64 MiB heap
+//! (workload::PythonHeap; skipped, saying so, without python3). Ratios against the zstd/lz4
+//! CLIs come from `cryo-bench store` (`--image python` for the real process).
 //!
 //! cargo bench -p cryo-snapshot --bench store
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use cryo_snapshot::workload::{memory_image, Rng};
+use cryo_snapshot::workload::{memory_image, PythonHeap, Rng};
 use cryo_snapshot::{CodecPolicy, Store, WriterOptions};
 
 const SIZE: usize = 64 << 20;
@@ -82,5 +84,54 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(store_benches, benches);
+fn real_process(c: &mut Criterion) {
+    let heap = match PythonHeap::start(64) {
+        Ok(h) => h,
+        Err(e) => {
+            println!("store_python: skipped, no python3 to build a real heap ({e})");
+            return;
+        }
+    };
+    let image = heap.memory().expect("python3's memory");
+    drop(heap);
+    let dir = tempfile::Builder::new()
+        .prefix("cryo-bench-")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("tempdir");
+    let mut g = c.benchmark_group("store_python");
+    g.throughput(Throughput::Bytes(image.len() as u64));
+    g.sample_size(10);
+    g.bench_function("write/zstd3", |b| {
+        b.iter(|| {
+            let path = dir.path().join("w");
+            let _ = std::fs::remove_dir_all(&path);
+            let store = Store::open(&path).expect("store");
+            write(&store, &image, WriterOptions::default(), "bench");
+        });
+    });
+    let store = Store::open(dir.path().join("r")).expect("store");
+    write(&store, &image, WriterOptions::default(), "bench");
+    let mut out = vec![0u8; image.len()];
+    g.bench_function("read_full", |b| {
+        b.iter(|| {
+            let r = store.reader("bench").expect("reader");
+            r.read_range("pid-1", 0, &mut out).expect("read");
+        });
+    });
+    let mut r = store.reader("bench").expect("reader");
+    r.set_cache_chunks(0);
+    let mut rng = Rng::new(7);
+    let mut page = [0u8; 4096];
+    let pages = (image.len() / 4096) as u64;
+    g.bench_function("fetch_random_uncached", |b| {
+        b.iter(|| {
+            r.read_page("pid-1", rng.below(pages) * 4096, &mut page)
+                .expect("page")
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(store_benches, benches, real_process);
 criterion_main!(store_benches);

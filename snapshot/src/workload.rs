@@ -114,3 +114,148 @@ pub fn memory_image(bytes: usize, seed: u64) -> Vec<u8> {
     fill_memory_image(&mut v, seed);
     v
 }
+
+/// The memory CRIU would dump of process `pid`: its private writable mappings (heap, stack,
+/// anonymous memory, the data of its libraries), read through `/proc/PID/mem` and laid end to
+/// end, each mapping's pages in address order. Mappings the kernel will not read (`[vvar]`)
+/// are left out. The caller stops the process first if the image must be consistent.
+pub fn process_memory(pid: u32) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
+    let mut image = Vec::new();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        if !(perms.starts_with("rw") && perms.ends_with('p')) {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let parse = |s: &str| u64::from_str_radix(s, 16).ok();
+        let (Some(start), Some(end)) = (parse(start), parse(end)) else {
+            continue;
+        };
+        let Ok(len) = usize::try_from(end.saturating_sub(start)) else {
+            continue;
+        };
+        let at = image.len();
+        image.resize(at + len, 0);
+        if mem.read_exact_at(&mut image[at..], start).is_err() {
+            image.truncate(at);
+        }
+    }
+    Ok(image)
+}
+
+/// A Python program that builds a heap of about `mib` MiB like a serving process's (dicts of
+/// request records, strings, lists of floats, byte buffers, JSON text, imported modules),
+/// from a fixed seed, prints `ready` and waits for its standard input to close.
+pub const PYTHON_HEAP: &str = r#"
+import sys, json, random, collections, decimal, email.parser, http.client, xml.dom.minidom
+random.seed(1)
+target = int(sys.argv[1]) << 20
+words = ["request", "tensor", "layer", "token", "batch", "weight", "cache", "model",
+         "handler", "worker", "status", "object", "buffer", "string", "module", "python"]
+keep, size, i = [], 0, 0
+while size < target:
+    k = random.random()
+    if k < 0.35:
+        x = {"id": i, "name": random.choice(words) + str(i), "score": random.random(),
+             "tags": [random.choice(words) for _ in range(3)], "ms": random.randrange(1000)}
+        size += 600
+    elif k < 0.55:
+        x = [random.random() for _ in range(256)]
+        size += 256 * 32 + 2100
+    elif k < 0.7:
+        x = random.randbytes(4096)
+        size += 4130
+    elif k < 0.85:
+        x = json.dumps({random.choice(words): [random.randrange(10**6) for _ in range(40)]})
+        size += len(x) + 50
+    else:
+        x = " ".join(random.choice(words) for _ in range(200))
+        size += len(x) + 50
+    keep.append(x)
+    i += 1
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+
+/// A live `python3` running [`PYTHON_HEAP`] for `mib` MiB, stopped once its heap is built:
+/// the real process image of benchmarks. Killed when dropped.
+pub struct PythonHeap {
+    child: std::process::Child,
+}
+
+impl PythonHeap {
+    /// Starts `python3` (from PATH, `PYTHONHASHSEED=0`) and waits until its heap is built.
+    pub fn start(mib: u64) -> std::io::Result<PythonHeap> {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("python3")
+            .args(["-c", PYTHON_HEAP, &mib.to_string()])
+            .env("PYTHONHASHSEED", "0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut line = String::new();
+        let ready = child.stdout.take().map(std::io::BufReader::new);
+        let got = ready.map(|mut r| r.read_line(&mut line));
+        let heap = PythonHeap { child };
+        match got {
+            Some(Ok(_)) if line.trim() == "ready" => Ok(heap),
+            _ => Err(std::io::Error::other(format!(
+                "python3 did not build its heap (it said {:?})",
+                line.trim()
+            ))),
+        }
+    }
+
+    /// The process's ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its memory ([`process_memory`]).
+    pub fn memory(&self) -> std::io::Result<Vec<u8>> {
+        process_memory(self.pid())
+    }
+}
+
+impl Drop for PythonHeap {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_python_heap_is_read_whole_and_holds_its_data() {
+        let heap = match PythonHeap::start(8) {
+            Ok(h) => h,
+            Err(e) => {
+                println!("skipped: no python3 to build a real heap ({e})");
+                return;
+            }
+        };
+        let image = heap.memory().unwrap();
+        assert!(image.len() >= 8 << 20, "{} bytes", image.len());
+        assert!(image.len().is_multiple_of(PAGE));
+        // The heap's words are in the image, and so are pages of other kinds.
+        assert!(image.windows(7).any(|w| w == b"request"));
+        let zero = image
+            .chunks(PAGE)
+            .filter(|p| p.iter().all(|&b| b == 0))
+            .count();
+        assert!(zero < image.len() / PAGE, "only zero pages");
+    }
+}
