@@ -464,7 +464,7 @@ pub fn run(o: &Opts) -> Result<()> {
             .filter(|p| p.iter().all(|&b| b == 0))
             .count();
         let what = format!(
-            "the memory of a live python3 (its private writable mappings, {} MiB, {:.0}% zero              pages; cryo_snapshot::workload::PYTHON_HEAP with a heap of about {} MiB)",
+            "the memory of a live python3 (its private writable mappings, {} MiB, {:.0}% zero pages; cryo_snapshot::workload::PYTHON_HEAP with a heap of about {} MiB)",
             image.len() >> 20,
             zero as f64 * 100.0 / pages.max(1) as f64,
             o.size_mib
