@@ -135,8 +135,29 @@ const SHM_STAGING: &str = "/dev/shm/cryo";
 /// named by the id and a digest of the state directory's path, so that containers of one id
 /// under two roots (two containerd namespaces) never share one.
 fn shm_staging(state_dir: &Path, id: &str) -> std::path::PathBuf {
+    // The path as the kernel resolves it: /var/run/cryo and /run/cryo are one directory.
+    let state_dir = fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     let digest = cryo_snapshot::ChunkDigest::of(state_dir.as_os_str().as_encoded_bytes());
     Path::new(SHM_STAGING).join(format!("{id}-{}.dump", &digest.hex()[..12]))
+}
+
+/// Why `dir` is not a directory only this user can enter: /dev/shm is writable by everyone,
+/// and whoever made /dev/shm/cryo could swap the images a checkpoint stages there.
+fn not_private(dir: &Path) -> Option<String> {
+    let m = match fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) => return Some(e.to_string()),
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if !m.file_type().is_dir() {
+        Some("not a directory".into())
+    } else if m.uid() != me {
+        Some(format!("owned by uid {}, not {me}", m.uid()))
+    } else if m.mode() & 0o077 != 0 {
+        Some(format!("mode {:o} lets others in", m.mode() & 0o7777))
+    } else {
+        None
+    }
 }
 
 /// Where CRIU's raw images wait for ingest: `dump` in the state directory when that is on a
@@ -151,6 +172,10 @@ fn staging_dir(state_dir: &Path, id: &str) -> Result<std::path::PathBuf> {
         return Ok(state_dir.join("dump"));
     }
     mkdir_0700(Path::new(SHM_STAGING))?;
+    if let Some(why) = not_private(Path::new(SHM_STAGING)) {
+        tracing::warn!("{SHM_STAGING}: {why}; staging in the state directory instead");
+        return Ok(state_dir.join("dump"));
+    }
     Ok(shm_staging(&state_dir, id))
 }
 
@@ -585,6 +610,21 @@ mod tests {
     use std::path::PathBuf;
 
     #[test]
+    fn a_staging_parent_others_can_enter_or_a_link_is_not_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let mine = d.path().join("mine");
+        mkdir_0700(&mine).unwrap();
+        assert_eq!(not_private(&mine), None);
+        fs::set_permissions(&mine, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(not_private(&mine).unwrap().contains("755"));
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&mine, &link).unwrap();
+        assert_eq!(not_private(&link).as_deref(), Some("not a directory"));
+        assert!(not_private(&d.path().join("none")).is_some());
+    }
+
+    #[test]
     fn staging_in_dev_shm_is_per_root_and_removed_with_the_container() {
         let on_tmpfs = |p: &Path| {
             nix::sys::statfs::statfs(p)
@@ -597,7 +637,18 @@ mod tests {
         }
         let id = format!("stage-{}", std::process::id());
         let dirs: Vec<PathBuf> = roots.iter().map(|r| r.path().join(&id)).collect();
+        for d in &dirs {
+            fs::create_dir(d).unwrap();
+        }
         let staged: Vec<PathBuf> = dirs.iter().map(|d| staging_dir(d, &id).unwrap()).collect();
+        if let Some(why) = not_private(Path::new(SHM_STAGING)) {
+            println!("skipped: {SHM_STAGING} is {why}: staging stays in the state directory");
+            assert!(
+                staged.iter().zip(&dirs).all(|(s, d)| s.starts_with(d)),
+                "{staged:?}"
+            );
+            return;
+        }
         assert!(
             staged.iter().all(|s| s.starts_with(SHM_STAGING)),
             "{staged:?}"
