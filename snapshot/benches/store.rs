@@ -88,7 +88,7 @@ fn real_process(c: &mut Criterion) {
     let heap = match PythonHeap::start(64) {
         Ok(h) => h,
         Err(e) => {
-            println!("store_python: skipped, no python3 to build a real heap ({e})");
+            println!("store_python: skipped, no python3 (3.9 or later) to build a real heap ({e})");
             return;
         }
     };

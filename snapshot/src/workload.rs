@@ -192,7 +192,8 @@ pub struct PythonHeap {
 }
 
 impl PythonHeap {
-    /// Starts `python3` (from PATH, `PYTHONHASHSEED=0`) and waits until its heap is built.
+    /// Starts `python3` (from PATH, 3.9 or later, `PYTHONHASHSEED=0`) and waits until its heap
+    /// is built.
     pub fn start(mib: u64) -> std::io::Result<PythonHeap> {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
@@ -243,7 +244,7 @@ mod tests {
         let heap = match PythonHeap::start(8) {
             Ok(h) => h,
             Err(e) => {
-                println!("skipped: no python3 to build a real heap ({e})");
+                println!("skipped: no python3 (3.9 or later) to build a real heap ({e})");
                 return;
             }
         };

@@ -500,6 +500,51 @@ fn bad_input_is_refused() {
 }
 
 #[test]
+fn a_writer_that_failed_to_write_commits_nothing() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: mounting a full tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    fs::create_dir(&mnt).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &mnt,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    let store = Store::open(mnt.join("store")).unwrap();
+    let mut w = store.writer().unwrap();
+    let mut random = vec![0u8; 4 << 20];
+    Rng::new(9).fill(&mut random);
+    let err = w.object("m").unwrap().add_pages(0, &random).unwrap_err();
+    assert!(err.to_string().contains("pack"), "{err}");
+    // Nothing more is taken, and nothing is committed.
+    let more = w
+        .object("m")
+        .unwrap()
+        .add_pages(8 << 20, &[1u8; PG])
+        .unwrap_err();
+    assert!(more.to_string().contains("earlier write failed"), "{more}");
+    let commit = w.commit(Some("full")).unwrap_err();
+    assert!(
+        commit.to_string().contains("earlier write failed"),
+        "{commit}"
+    );
+    assert!(store.resolve("full").is_err());
+}
+
+#[test]
 fn concurrent_writers_and_gc() {
     let (_d, store) = store();
     let shared = memory_image(24 * PG, 5);
