@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use cryo_snapshot::store::reader::DEFAULT_CACHE_CHUNKS;
-use cryo_snapshot::workload::{fill_memory_image, PythonHeap, Rng};
+use cryo_snapshot::workload::{fill_memory_image, zero_pages, PythonHeap, Rng};
 use cryo_snapshot::{CodecPolicy, Store, WriterOptions, PAGE_SIZE};
 use serde::Serialize;
 
@@ -459,12 +459,10 @@ pub fn run(o: &Opts) -> Result<()> {
         let heap = PythonHeap::start(o.size_mib).context("starting python3 for --image python")?;
         let image = heap.memory().context("reading python3's memory")?;
         let pages = image.len() / 4096;
-        let zero = image
-            .chunks(4096)
-            .filter(|p| p.iter().all(|&b| b == 0))
-            .count();
+        let zero = zero_pages(&image);
         let what = format!(
-            "the memory of a live python3 (its private writable mappings, {} MiB, {:.0}% zero pages; cryo_snapshot::workload::PYTHON_HEAP with a heap of about {} MiB)",
+            "the memory of a live python3 (its private writable mappings, {} MiB, {:.0}% zero \
+             pages; cryo_snapshot::workload::PYTHON_HEAP with a heap of about {} MiB)",
             image.len() >> 20,
             zero as f64 * 100.0 / pages.max(1) as f64,
             o.size_mib

@@ -6,6 +6,7 @@
 //!
 //! cargo bench -p cryo-snapshot --bench store
 
+use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use cryo_snapshot::workload::{memory_image, PythonHeap, Rng};
 use cryo_snapshot::{CodecPolicy, Store, WriterOptions};
@@ -24,37 +25,44 @@ fn write(store: &Store, image: &[u8], opts: WriterOptions, name: &str) {
     w.commit(Some(name)).expect("commit");
 }
 
-fn benches(c: &mut Criterion) {
-    let image = memory_image(SIZE, 1);
-    let dir = tempfile::Builder::new()
+/// A scratch directory for stores, on tmpfs where there is one.
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
         .prefix("cryo-bench-")
         .tempdir_in("/dev/shm")
         .or_else(|_| tempfile::tempdir())
-        .expect("tempdir");
-    let mut g = c.benchmark_group("store");
-    g.throughput(Throughput::Bytes(SIZE as u64));
+        .expect("tempdir")
+}
+
+/// Group `name`: writing `image` with each codec, then reading it whole. Returns the store the
+/// image was written to (default codec, snapshot "bench") for page fetches.
+fn write_and_read(
+    c: &mut Criterion,
+    dir: &std::path::Path,
+    name: &str,
+    image: &[u8],
+    codecs: &[(&str, CodecPolicy)],
+) -> Store {
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Bytes(image.len() as u64));
     g.sample_size(10);
-    for (label, codec) in [
-        ("zstd3", CodecPolicy::Zstd(3)),
-        ("zstd1", CodecPolicy::Zstd(1)),
-        ("lz4", CodecPolicy::Lz4),
-    ] {
+    for &(label, codec) in codecs {
         let opts = WriterOptions {
             codec,
             ..WriterOptions::default()
         };
         g.bench_with_input(BenchmarkId::new("write", label), &opts, |b, opts| {
             b.iter(|| {
-                let path = dir.path().join(format!("w-{label}"));
+                let path = dir.join(format!("w-{label}"));
                 let _ = std::fs::remove_dir_all(&path);
                 let store = Store::open(&path).expect("store");
-                write(&store, &image, *opts, "bench");
+                write(&store, image, *opts, "bench");
             });
         });
     }
-    let store = Store::open(dir.path().join("r")).expect("store");
-    write(&store, &image, WriterOptions::default(), "bench");
-    let mut out = vec![0u8; SIZE];
+    let store = Store::open(dir.join("r")).expect("store");
+    write(&store, image, WriterOptions::default(), "bench");
+    let mut out = vec![0u8; image.len()];
     g.bench_function("read_full", |b| {
         b.iter(|| {
             let r = store.reader("bench").expect("reader");
@@ -62,25 +70,44 @@ fn benches(c: &mut Criterion) {
         });
     });
     g.finish();
+    store
+}
 
-    let mut g = c.benchmark_group("page");
+/// Random single-page fetches from `store`'s "bench" snapshot of `len` bytes, through the page
+/// cache (`cached`) or with it off.
+fn fetch(g: &mut criterion::BenchmarkGroup<'_, WallTime>, store: &Store, len: usize, cached: bool) {
     let mut r = store.reader("bench").expect("reader");
+    if !cached {
+        r.set_cache_chunks(0);
+    }
     let mut rng = Rng::new(7);
     let mut page = [0u8; 4096];
-    let pages = (SIZE / 4096) as u64;
-    g.bench_function("fetch_random_cached", |b| {
+    let pages = (len / 4096) as u64;
+    let name = if cached {
+        "fetch_random_cached"
+    } else {
+        "fetch_random_uncached"
+    };
+    g.bench_function(name, |b| {
         b.iter(|| {
             r.read_page("pid-1", rng.below(pages) * 4096, &mut page)
                 .expect("page")
         });
     });
-    r.set_cache_chunks(0);
-    g.bench_function("fetch_random_uncached", |b| {
-        b.iter(|| {
-            r.read_page("pid-1", rng.below(pages) * 4096, &mut page)
-                .expect("page")
-        });
-    });
+}
+
+fn benches(c: &mut Criterion) {
+    let image = memory_image(SIZE, 1);
+    let dir = scratch();
+    let codecs = [
+        ("zstd3", CodecPolicy::Zstd(3)),
+        ("zstd1", CodecPolicy::Zstd(1)),
+        ("lz4", CodecPolicy::Lz4),
+    ];
+    let store = write_and_read(c, dir.path(), "store", &image, &codecs);
+    let mut g = c.benchmark_group("page");
+    fetch(&mut g, &store, SIZE, true);
+    fetch(&mut g, &store, SIZE, false);
     g.finish();
 }
 
@@ -94,42 +121,11 @@ fn real_process(c: &mut Criterion) {
     };
     let image = heap.memory().expect("python3's memory");
     drop(heap);
-    let dir = tempfile::Builder::new()
-        .prefix("cryo-bench-")
-        .tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .expect("tempdir");
+    let dir = scratch();
+    let codecs = [("zstd3", CodecPolicy::Zstd(3))];
+    let store = write_and_read(c, dir.path(), "store_python", &image, &codecs);
     let mut g = c.benchmark_group("store_python");
-    g.throughput(Throughput::Bytes(image.len() as u64));
-    g.sample_size(10);
-    g.bench_function("write/zstd3", |b| {
-        b.iter(|| {
-            let path = dir.path().join("w");
-            let _ = std::fs::remove_dir_all(&path);
-            let store = Store::open(&path).expect("store");
-            write(&store, &image, WriterOptions::default(), "bench");
-        });
-    });
-    let store = Store::open(dir.path().join("r")).expect("store");
-    write(&store, &image, WriterOptions::default(), "bench");
-    let mut out = vec![0u8; image.len()];
-    g.bench_function("read_full", |b| {
-        b.iter(|| {
-            let r = store.reader("bench").expect("reader");
-            r.read_range("pid-1", 0, &mut out).expect("read");
-        });
-    });
-    let mut r = store.reader("bench").expect("reader");
-    r.set_cache_chunks(0);
-    let mut rng = Rng::new(7);
-    let mut page = [0u8; 4096];
-    let pages = (image.len() / 4096) as u64;
-    g.bench_function("fetch_random_uncached", |b| {
-        b.iter(|| {
-            r.read_page("pid-1", rng.below(pages) * 4096, &mut page)
-                .expect("page")
-        });
-    });
+    fetch(&mut g, &store, image.len(), false);
     g.finish();
 }
 

@@ -219,7 +219,7 @@ fn encode_mixed<'a>(raw: &'a [u8], level: i32, head: &mut Vec<u8>) -> Result<Mix
     if n_random == n_pages {
         return Ok(Mixed::EveryPageRandom);
     }
-    let is_raw = |i: usize| bitmap[i / 8] & (1 << (i % 8)) != 0;
+    let is_raw = |i: usize| bit(&bitmap, i);
     // Consecutive pages of one kind are one run: one copy into the frame's input, one slice.
     let mut runs: Vec<(bool, &'a [u8])> = Vec::new();
     let mut i = 0;
@@ -241,10 +241,9 @@ fn encode_mixed<'a>(raw: &'a [u8], level: i32, head: &mut Vec<u8>) -> Result<Mix
         head.extend_from_slice(&bitmap);
         head.extend_from_slice(&[0u8; 4]);
         let zstart = head.len();
-        head.resize(zstart + zstd::zstd_safe::compress_bound(plain.len()), 0);
-        let zlen = zstd_compress(level, &plain, &mut head[zstart..])?;
-        head.truncate(zstart + zlen);
-        let zlen32 = u32::try_from(zlen).unwrap_or(u32::MAX);
+        let bound = zstd::zstd_safe::compress_bound(plain.len());
+        append_compressed(head, bound, |out| zstd_compress(level, &plain, out))?;
+        let zlen32 = u32::try_from(head.len() - zstart).unwrap_or(u32::MAX);
         head[zstart - 4..zstart].copy_from_slice(&zlen32.to_le_bytes());
         Ok(())
     })?;
@@ -309,59 +308,74 @@ pub(crate) fn encode_record(raw: &[u8], policy: CodecPolicy, compress: bool) -> 
         object: "chunk".into(),
         reason: format!("chunk of {} bytes is too large", raw.len()),
     })?;
-    let mut head = vec![0u8; CHUNK_HEADER_LEN];
-    let mut tail = Vec::new();
-    let mut codec = match policy {
+    let mut r = Record {
+        head: vec![0u8; CHUNK_HEADER_LEN],
+        tail: Vec::new(),
+        codec: Codec::None,
+    };
+    r.codec = match policy {
         _ if !compress => Codec::None,
-        CodecPolicy::Zstd(level) => match encode_mixed(raw, level, &mut head)? {
+        CodecPolicy::Zstd(level) => match encode_mixed(raw, level, &mut r.head)? {
             Mixed::Payload(pages) => {
-                tail = pages;
+                r.tail = pages;
                 Codec::Mixed
             }
             Mixed::EveryPageRandom => Codec::None,
             Mixed::NoPageRandom => {
                 let bound = zstd::zstd_safe::compress_bound(raw.len());
-                head.resize(CHUNK_HEADER_LEN + bound, 0);
-                let n = zstd_compress(level, raw, &mut head[CHUNK_HEADER_LEN..])?;
-                head.truncate(CHUNK_HEADER_LEN + n);
+                append_compressed(&mut r.head, bound, |out| zstd_compress(level, raw, out))?;
                 Codec::Zstd
             }
         },
         CodecPolicy::Lz4 => {
             let bound = lz4_flex::block::get_maximum_output_size(raw.len());
-            head.resize(CHUNK_HEADER_LEN + bound, 0);
-            let n = lz4_flex::block::compress_into(raw, &mut head[CHUNK_HEADER_LEN..]).map_err(
-                |e| Error::InvalidInput {
+            append_compressed(&mut r.head, bound, |out| {
+                lz4_flex::block::compress_into(raw, out).map_err(|e| Error::InvalidInput {
                     object: "chunk".into(),
                     reason: format!("lz4 compression failed: {e}"),
-                },
-            )?;
-            head.truncate(CHUNK_HEADER_LEN + n);
+                })
+            })?;
             Codec::Lz4
         }
         CodecPolicy::None => Codec::None,
     };
-    let payload_len = |head: &Vec<u8>, tail: &Vec<&[u8]>| {
-        head.len() - CHUNK_HEADER_LEN + tail.iter().map(|t| t.len()).sum::<usize>()
-    };
-    if codec != Codec::None && payload_len(&head, &tail) >= raw.len() {
-        codec = Codec::None;
+    if r.codec != Codec::None && r.len() - CHUNK_HEADER_LEN >= raw.len() {
+        r.codec = Codec::None;
     }
-    if codec == Codec::None {
-        head.truncate(CHUNK_HEADER_LEN);
-        tail = vec![raw];
+    if r.codec == Codec::None {
+        r.head.truncate(CHUNK_HEADER_LEN);
+        r.tail = vec![raw];
     }
-    let stored_len = u32::try_from(payload_len(&head, &tail)).unwrap_or(u32::MAX);
+    let stored_len = u32::try_from(r.len() - CHUNK_HEADER_LEN).unwrap_or(u32::MAX);
+    let head = &mut r.head;
     head[0..4].copy_from_slice(&CHUNK_MAGIC);
-    head[4] = if codec == Codec::Mixed {
+    head[4] = if r.codec == Codec::Mixed {
         CHUNK_VERSION_MIXED
     } else {
         CHUNK_VERSION
     };
-    head[5] = codec.to_byte();
+    head[5] = r.codec.to_byte();
     head[8..12].copy_from_slice(&raw_len.to_le_bytes());
     head[12..16].copy_from_slice(&stored_len.to_le_bytes());
-    Ok(Record { head, tail, codec })
+    Ok(r)
+}
+
+/// Appends to `out` what `compress` writes into `bound` bytes of room (it returns how many).
+fn append_compressed(
+    out: &mut Vec<u8>,
+    bound: usize,
+    compress: impl FnOnce(&mut [u8]) -> Result<usize>,
+) -> Result<()> {
+    let at = out.len();
+    out.resize(at + bound, 0);
+    let n = compress(&mut out[at..])?;
+    out.truncate(at + n);
+    Ok(())
+}
+
+/// Whether bit `i` of `bitmap` is set (a mixed chunk's page map: the page is stored raw).
+fn bit(bitmap: &[u8], i: usize) -> bool {
+    bitmap[i / 8] & (1 << (i % 8)) != 0
 }
 
 /// A parsed chunk header.
@@ -523,7 +537,7 @@ fn decode_mixed(ctx: &ChunkCtx<'_>, payload: &[u8], out: &mut [u8]) -> Result<()
         return Err(ctx.corrupt("mixed payload shorter than its zstd frame"));
     }
     let (frame, raw_pages) = rest.split_at(zlen);
-    let is_raw = |i: usize| bitmap[i / 8] & (1 << (i % 8)) != 0;
+    let is_raw = |i: usize| bit(bitmap, i);
     let out_len = out.len();
     let page_len = |i: usize| MIXED_PAGE.min(out_len - i * MIXED_PAGE);
     let plain_len: usize = (0..n_pages).filter(|&i| !is_raw(i)).map(page_len).sum();

@@ -334,7 +334,6 @@ impl PackWriter {
         let parts: Vec<&[u8]> = recs
             .iter()
             .flat_map(|(_, _, r)| std::iter::once(&r.head[..]).chain(r.tail.iter().copied()))
-            .filter(|p| !p.is_empty())
             .collect();
         files::write_all_vectored_at(&self.file, &parts, at)
             .map_err(|e| Error::io(&self.path, "write pack records", e))?;
