@@ -941,6 +941,15 @@ fn read_root(pid: i64, path: &str) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/root{path}")).ok()
 }
 
+/// A running container of `checksum_config` (name "c"): its id and the checksum of its
+/// memory, once it has counted past 2.
+fn checksum_container(env: &Env) -> (String, String) {
+    let (id, pid) = env.detach("c", &checksum_config());
+    let sum = wait_file(pid, "/tmp/sum");
+    wait_count_past(pid, 2);
+    (id, sum)
+}
+
 fn wait_file(pid: i64, path: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -959,9 +968,7 @@ fn lazy_restore_runs_at_once_and_streams_memory_in_bit_identical() {
     skip_unless_criu!();
     let env = Env::new("lazy");
     let store = env.dir.path().join("store");
-    let (id, pid) = env.detach("c", &checksum_config());
-    let sum = wait_file(pid, "/tmp/sum");
-    wait_count_past(pid, 2);
+    let (id, sum) = checksum_container(&env);
     checkpoint_into(&env, &store, "lazy:v1", &id, false);
     let bundle = env.dir.path().join("c");
     for round in 0..2 {
@@ -1341,9 +1348,7 @@ fn lazy_migration_as_runc_does_it_with_criu_lazy_pages() {
     skip_unless_criu!();
     let criu = cryo_snapshot::criu::Criu::locate(None).unwrap();
     let env = Env::new("migrate");
-    let (id, pid) = env.detach("c", &checksum_config());
-    let sum = wait_file(pid, "/tmp/sum");
-    wait_count_past(pid, 2);
+    let (id, sum) = checksum_container(&env);
     let bundle = env.dir.path().join("c");
     let images = env.dir.path().join("images");
     let work = env.dir.path().join("work");
@@ -1453,9 +1458,7 @@ fn checkpoint_sends_the_pages_to_a_criu_page_server_as_runc_does() {
     skip_unless_criu!();
     let criu = cryo_snapshot::criu::Criu::locate(None).unwrap();
     let env = Env::new("ps");
-    let (id, pid) = env.detach("c", &checksum_config());
-    let sum = wait_file(pid, "/tmp/sum");
-    wait_count_past(pid, 2);
+    let (id, sum) = checksum_container(&env);
     let path = |p: &Path| p.to_str().unwrap().to_string();
     // The receiving side: `criu page-server` writes the pages into its own directory.
     let (images, received) = (env.dir.path().join("images"), env.dir.path().join("recv"));

@@ -160,14 +160,15 @@ fn not_private(dir: &Path) -> Option<String> {
     }
 }
 
+/// Whether `p` is on a tmpfs.
+fn on_tmpfs(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+}
+
 /// Where CRIU's raw images wait for ingest: `dump` in the state directory when that is on a
 /// tmpfs, else a private directory in /dev/shm ([`shm_staging`]).
 fn staging_dir(state_dir: &Path, id: &str) -> Result<std::path::PathBuf> {
     let state_dir = absolute(state_dir)?;
-    let on_tmpfs = |p: &Path| {
-        nix::sys::statfs::statfs(p)
-            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
-    };
     if on_tmpfs(&state_dir) || !on_tmpfs(Path::new("/dev/shm")) {
         return Ok(state_dir.join("dump"));
     }
@@ -626,10 +627,6 @@ mod tests {
 
     #[test]
     fn staging_in_dev_shm_is_per_root_and_removed_with_the_container() {
-        let on_tmpfs = |p: &Path| {
-            nix::sys::statfs::statfs(p)
-                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
-        };
         let roots = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
         if on_tmpfs(roots[0].path()) || !on_tmpfs(Path::new("/dev/shm")) {
             println!("skipped: the temp directory is a tmpfs or /dev/shm is not: staging stays in the state directory");

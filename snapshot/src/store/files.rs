@@ -31,36 +31,24 @@ pub fn create_new(path: &Path) -> Result<File> {
 }
 
 /// Writes `parts`, one after the other, at `offset` of `file` with `pwritev`: as many parts per
-/// call as the kernel takes (`IOV_MAX`), short writes and EINTR resumed.
+/// call as the kernel takes (`UIO_MAXIOV`), short writes and EINTR resumed.
 pub fn write_all_vectored_at(file: &File, parts: &[&[u8]], mut offset: u64) -> std::io::Result<()> {
-    const IOV_MAX: usize = 1024;
+    let max_iov = usize::try_from(libc::UIO_MAXIOV).unwrap_or(1024);
     let mut parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
     let mut first = 0;
     while first < parts.len() {
-        let batch = &parts[first..parts.len().min(first + IOV_MAX)];
-        let iov: Vec<libc::iovec> = batch
+        let iov: Vec<std::io::IoSlice<'_>> = parts[first..parts.len().min(first + max_iov)]
             .iter()
-            .map(|p| libc::iovec {
-                iov_base: p.as_ptr().cast_mut().cast(),
-                iov_len: p.len(),
-            })
+            .map(|p| std::io::IoSlice::new(p))
             .collect();
         let off = libc::off_t::try_from(offset)
             .map_err(|_| std::io::Error::other("offset beyond off_t"))?;
-        let n_iov = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: every iovec points into a slice borrowed for the length of this call; the
-        // kernel only reads them.
-        let n = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), n_iov, off) };
-        let Ok(mut n) = usize::try_from(n) else {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        let mut n = match nix::sys::uio::pwritev(file, &iov, off) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
         offset += n as u64;
         // Skip what was written: whole parts, then the front of a part written in part.
         while n > 0 && first < parts.len() {

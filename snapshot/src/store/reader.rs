@@ -200,12 +200,13 @@ impl Reader {
     }
 
     fn cached_chunk(&self, e: &Extent) -> Result<Arc<Vec<u8>>> {
-        if let Some(hit) = self.cache.lock().ok().and_then(|mut c| c.get(&e.chunk)) {
-            return Ok(hit);
-        }
         let len = usize::try_from(e.len).unwrap_or(0);
+        // One lock for the lookup and, on a miss, the buffer to decode into.
         let mut buf = match self.cache.lock() {
-            Ok(mut c) => c.buffer(len),
+            Ok(mut c) => match c.get(&e.chunk) {
+                Some(hit) => return Ok(hit),
+                None => c.buffer(len),
+            },
             Err(_) => vec![0u8; len],
         };
         self.read_chunk_into(e, &mut buf)?;

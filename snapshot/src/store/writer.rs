@@ -4,9 +4,9 @@
 //!
 //! Chunks are cut at addresses that are multiples of the chunk size (so unchanged memory at the
 //! same address gives the same chunks in the next snapshot), at holes, and, for runs that will
-//! be compressed, at the middle of the chunk window (a page fault decodes half as much). A batch that ends
-//! inside a chunk window leaves its tail (at most one chunk) buffered until the next batch of
-//! the same object continues it; nothing else of the image is kept in memory.
+//! be compressed, at the middle of the chunk window (a page fault decodes half as much). A
+//! batch that ends inside a chunk window leaves its tail (at most one chunk) buffered until the
+//! next batch of the same object continues it; nothing else of the image is kept in memory.
 //!
 //! Dedup: a writer reads every pack's index when it starts, and stores only chunks that no pack
 //! holds and that it has not stored itself. New chunks go into one pack (store/pack.rs), built
