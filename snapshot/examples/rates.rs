@@ -3,7 +3,9 @@
 //! pages (zstd at the store's levels, lz4), hashing chunks (blake3, the chunk digest), and
 //! putting pages into a process (`UFFDIO_COPY` as the lazy-pages server does, and a plain
 //! copy into fresh pages for comparison). docs/BENCHMARKS.md derives the floor of a checkpoint
-//! and of an eager restore on two cores from these rates.
+//! and of an eager restore on two cores from these rates. A second table gives zstd's ratio,
+//! speed and per-frame decode time at the store's frame sizes and levels, on the text and on a
+//! live python3's memory (`workload::PythonHeap`, MIB of heap).
 //!
 //!     cargo run --release -p cryo-snapshot --example rates [-- MIB]
 //!
@@ -14,7 +16,7 @@
 use std::time::Instant;
 
 use cryo_snapshot::lazy::uffd;
-use cryo_snapshot::workload::{memory_image, Rng};
+use cryo_snapshot::workload::{memory_image, PythonHeap, Rng};
 
 const CHUNK: usize = 64 << 10;
 const PIECE: usize = 256 << 10;
@@ -168,6 +170,52 @@ fn main() {
         }
     });
     row("memcpy into fresh pages", r, "page faults included");
+
+    // The store's frame sizes and levels, on the text and on a real process's memory.
+    println!(
+        "\n| zstd frames | ratio | compress MB/s | decode µs per frame |\n|---|---:|---:|---:|"
+    );
+    for (level, kib) in [(3, 64), (3, 32), (1, 32)] {
+        frames_row("text", &text, level, kib);
+    }
+    match PythonHeap::start(u64::try_from(mib).unwrap_or(128)).and_then(|h| h.memory()) {
+        Ok(heap) => {
+            for level in [3, 1] {
+                frames_row("python3 heap", &heap, level, 32);
+            }
+        }
+        Err(e) => println!("| python3 heap | – | – | not measured: {e} |"),
+    }
+}
+
+/// One row of the frames table: `data` cut into `kib` KiB frames at zstd `level`, best of
+/// three passes each way.
+fn frames_row(what: &str, data: &[u8], level: i32, kib: usize) {
+    let pieces: Vec<&[u8]> = data.chunks(kib << 10).collect();
+    let mut c = zstd::bulk::Compressor::new(level).expect("zstd");
+    let mut out = 0;
+    let compress = rate(data.len(), || {
+        out = pieces
+            .iter()
+            .map(|p| c.compress(p).expect("zstd").len().min(p.len()))
+            .sum::<usize>();
+    });
+    let encoded: Vec<Vec<u8>> = pieces
+        .iter()
+        .map(|p| zstd::bulk::compress(p, level).expect("zstd"))
+        .collect();
+    let mut d = zstd::bulk::Decompressor::new().expect("zstd");
+    let mut buf = vec![0u8; kib << 10];
+    let decode = rate(data.len(), || {
+        for f in &encoded {
+            d.decompress_to_buffer(f, &mut buf).expect("zstd -d");
+        }
+    });
+    let per_frame = (kib << 10) as f64 / decode;
+    println!(
+        "| {what}, level {level}, {kib} KiB | {:.4} | {compress:.0} | {per_frame:.1} |",
+        out as f64 / data.len() as f64
+    );
 }
 
 /// `UFFDIO_COPY` of `src` into a fresh registered mapping, 256 KiB per call.
